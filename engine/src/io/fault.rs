@@ -1,0 +1,1 @@
+//! The fault-injecting backend for tests. (Being written.)
