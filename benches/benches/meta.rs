@@ -1,0 +1,2 @@
+//! Placeholder until the meta benchmarks land.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The chunked, checksummed, content-addressed blob store. (Being written.)

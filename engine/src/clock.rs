@@ -1,0 +1,1 @@
+//! Time for the engine: wall clock and hybrid logical clock. (Being written.)

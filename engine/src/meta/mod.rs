@@ -1,0 +1,1 @@
+//! The log-structured metadata store and its change feed. (Being written.)

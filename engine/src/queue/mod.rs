@@ -1,0 +1,1 @@
+//! The durable job queue on the metadata store. (Being written.)
