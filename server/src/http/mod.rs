@@ -1,0 +1,6 @@
+//! Textbook RFC 9110 blob serving (`GET`/`HEAD /v1/blobs/{id}`) and the
+//! response [`Body`] type every response of the server uses.
+
+pub mod body;
+
+pub use body::Body;
