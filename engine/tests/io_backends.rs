@@ -3,6 +3,10 @@
 //! backend's own behaviour: crashes, torn writes, injected errors, a full
 //! disk and bit rot, plus a proptest of random operations and crashes
 //! against a small model of what is durable.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] fns: a failed unwrap is a failed test"
+)]
 
 use std::collections::BTreeMap;
 use std::io;

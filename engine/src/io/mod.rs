@@ -108,6 +108,10 @@ pub trait Storage: Send + Sync + 'static {
 
 /// One open file. Shared between threads; all methods take `&self` and use
 /// positional I/O, so there is no cursor to race on.
+#[expect(
+    clippy::len_without_is_empty,
+    reason = "a file's length is an I/O call; an is_empty would hide that it can fail"
+)]
 pub trait StorageFile: Send + Sync + 'static {
     /// Fills `buf` from `offset`; `UnexpectedEof` if the file ends first.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;

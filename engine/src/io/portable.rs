@@ -99,12 +99,6 @@ pub struct PortableFile {
     file: File,
 }
 
-impl PortableFile {
-    pub(crate) fn std_file(&self) -> &File {
-        &self.file
-    }
-}
-
 impl StorageFile for PortableFile {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
