@@ -100,6 +100,18 @@ fn check_contract(storage: &dyn Storage) {
     b.write_all_vectored_at(&[], 0).unwrap();
     assert_eq!(b.len().unwrap(), 13);
 
+    // More buffers than one io_uring batch holds.
+    let many: Vec<Vec<u8>> = (0..150u32)
+        .map(|i| vec![i as u8; (i % 7) as usize + 1])
+        .collect();
+    let many_refs: Vec<&[u8]> = many.iter().map(Vec::as_slice).collect();
+    let d = storage.open("d", OpenMode::CreateNew).unwrap();
+    d.write_all_vectored_at(&many_refs, 5).unwrap();
+    let mut expected = vec![0u8; 5];
+    expected.extend(many.concat());
+    assert_eq!(read_all(storage, "d"), expected);
+    storage.remove("d").unwrap();
+
     // A large write and read (several megabytes, many pages).
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     let c = storage.open("c", OpenMode::CreateNew).unwrap();
@@ -550,54 +562,95 @@ proptest! {
 
     #[test]
     fn fault_storage_matches_a_model_of_durable_state(
-        ops in proptest::collection::vec(op_strategy(), 1..60)
+        ops in proptest::collection::vec((op_strategy(), proptest::bool::weighted(0.1)), 1..60)
     ) {
         let fs = FaultStorage::new();
         let mut model = Model::default();
         let mut handles = BTreeMap::new();
-        for op in ops {
+        for (op, fail) in ops {
+            // With `fail`, the op's storage call gets an injected EIO and
+            // must change nothing.
+            let arm = || {
+                if fail {
+                    fs.fail_nth(0, FaultKind::Eio);
+                }
+            };
+            let injected = |result: &io::Result<()>| -> Result<bool, TestCaseError> {
+                if fail {
+                    let errno = result.as_ref().err().and_then(|e| e.raw_os_error());
+                    prop_assert_eq!(errno, Some(libc::EIO));
+                    return Ok(true);
+                }
+                Ok(false)
+            };
             match op {
                 Op::Create(n) => {
                     let name = name_of(n);
-                    let file = fs.open(&name, OpenMode::CreateOrOpen).unwrap();
-                    if !model.current.contains_key(&name) {
-                        model.files.push((Vec::new(), Vec::new()));
-                        model.current.insert(name.clone(), model.files.len() - 1);
+                    arm();
+                    match fs.open(&name, OpenMode::CreateOrOpen) {
+                        Err(error) => {
+                            prop_assert!(fail);
+                            prop_assert_eq!(error.raw_os_error(), Some(libc::EIO));
+                        }
+                        Ok(file) => {
+                            prop_assert!(!fail);
+                            if !model.current.contains_key(&name) {
+                                model.files.push((Vec::new(), Vec::new()));
+                                model.current.insert(name.clone(), model.files.len() - 1);
+                            }
+                            let id = model.current[&name];
+                            handles.insert(name, (file, id));
+                        }
                     }
-                    handles.insert(name, (file, model.current[&name_of(n)]));
                 }
                 Op::Write { name, offset, len, byte } => {
                     if let Some((file, id)) = handles.get(&name_of(name)) {
                         let data = vec![byte; usize::from(len)];
-                        file.write_all_at(&data, u64::from(offset)).unwrap();
-                        let content = &mut model.files[*id].0;
-                        let end = usize::from(offset) + data.len();
-                        if content.len() < end {
-                            content.resize(end, 0);
+                        arm();
+                        let result = if len % 2 == 0 {
+                            file.write_all_at(&data, u64::from(offset))
+                        } else {
+                            let (head, tail) = data.split_at(data.len() / 2);
+                            file.write_all_vectored_at(&[head, tail], u64::from(offset))
+                        };
+                        if !injected(&result)? {
+                            let content = &mut model.files[*id].0;
+                            let end = usize::from(offset) + data.len();
+                            if content.len() < end {
+                                content.resize(end, 0);
+                            }
+                            content[usize::from(offset)..end].copy_from_slice(&data);
                         }
-                        content[usize::from(offset)..end].copy_from_slice(&data);
                     }
                 }
                 Op::SetLen { name, len } => {
                     if let Some((file, id)) = handles.get(&name_of(name)) {
-                        file.set_len(u64::from(len)).unwrap();
-                        model.files[*id].0.resize(usize::from(len), 0);
+                        arm();
+                        if !injected(&file.set_len(u64::from(len)))? {
+                            model.files[*id].0.resize(usize::from(len), 0);
+                        }
                     }
                 }
                 Op::Sync(name) => {
                     if let Some((file, id)) = handles.get(&name_of(name)) {
-                        file.sync_data().unwrap();
-                        model.files[*id].1 = model.files[*id].0.clone();
+                        arm();
+                        if !injected(&file.sync_data())? {
+                            model.files[*id].1 = model.files[*id].0.clone();
+                        }
                     }
                 }
                 Op::SyncDir => {
-                    fs.sync_dir().unwrap();
-                    model.durable = model.current.clone();
+                    arm();
+                    if !injected(&fs.sync_dir())? {
+                        model.durable = model.current.clone();
+                    }
                 }
                 Op::Rename(a, b) => {
                     let (from, to) = (name_of(a), name_of(b));
+                    arm();
                     let result = fs.rename(&from, &to);
                     match model.current.get(&from).copied() {
+                        _ if injected(&result)? => {}
                         Some(id) => {
                             result.unwrap();
                             model.current.remove(&from);
@@ -612,8 +665,11 @@ proptest! {
                 }
                 Op::Remove(n) => {
                     let name = name_of(n);
+                    arm();
                     let result = fs.remove(&name);
-                    if model.current.remove(&name).is_some() {
+                    if injected(&result)? {
+                        // The injected failure removed nothing.
+                    } else if model.current.remove(&name).is_some() {
                         result.unwrap();
                         handles.remove(&name);
                     } else {
