@@ -2,5 +2,8 @@
 //! response [`Body`] type every response of the server uses.
 
 pub mod body;
+pub mod plan;
+pub mod precondition;
+pub mod range;
 
 pub use body::Body;
