@@ -22,6 +22,9 @@
 //!   a buffer the kernel may still touch.
 //! - A ring whose state is uncertain (submission failed) is discarded, so
 //!   stale entries are never submitted later; the thread makes a new one.
+//! - A thread that cannot create its ring (say, out of locked memory on an
+//!   old kernel) gets that error from each of its I/O calls; the probe in
+//!   [`UringStorage::open`] makes this unlikely but cannot rule it out.
 //! - Short reads and writes are resubmitted for the remainder; a read that
 //!   reaches the end of the file reports `UnexpectedEof`, a write that
 //!   makes no progress reports `WriteZero`.
@@ -33,7 +36,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
 
-use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use io_uring::{opcode, squeue, types, IoUring, Probe};
 
 use super::portable::{list_dir, sync_dir, PortableStorage};
 use super::{BackendKind, OpenMode, Storage, StorageFile};
@@ -46,8 +49,8 @@ pub const RING_ENTRIES: u32 = 64;
 /// 0x7fff_f000 bytes per call; larger buffers are split into several entries.
 const OP_BYTES_MAX: usize = 1 << 30;
 
-/// How many times a failing wait is retried while entries are in flight
-/// before giving up and aborting.
+/// How many failed waits in a row are retried before giving up: the ring
+/// is discarded if none of the batch is in flight, else the process aborts.
 const WAIT_RETRIES_MAX: u32 = 1000;
 
 thread_local! {
@@ -93,7 +96,11 @@ fn probe_kernel() -> io::Result<()> {
             }
         }
         let mut result = [0i32];
-        run_batch(ring, &[opcode::Nop::new().build()], &mut result)?;
+        run_batch(
+            ring,
+            &[opcode::Nop::new().build().user_data(0)],
+            &mut result,
+        )?;
         if result[0] < 0 {
             return Err(RingError::Op(io::Error::from_raw_os_error(-result[0])));
         }
@@ -101,16 +108,36 @@ fn probe_kernel() -> io::Result<()> {
     })
 }
 
+/// Creates a ring for one thread. Where the kernel has them (6.1 and
+/// later), the ring is set up for a single issuer with deferred task work,
+/// the cheapest mode for a ring only its own thread uses (completions are
+/// run when that thread waits, which it always does), and to keep
+/// submitting a batch past an entry that fails to submit. Older kernels
+/// reject the flags with `EINVAL` and get a plain ring.
+fn new_ring() -> io::Result<IoUring> {
+    let tuned = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_submit_all()
+        .build(RING_ENTRIES);
+    match tuned {
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => IoUring::new(RING_ENTRIES),
+        other => other,
+    }
+}
+
 /// Runs `f` on this thread's ring, creating it first if needed, and
 /// discards the ring if `f` reports it broken.
 fn with_ring<R>(f: impl FnOnce(&mut IoUring) -> Result<R, RingError>) -> io::Result<R> {
-    RING.with(|cell| {
+    // try_with: a thread-local destructor doing I/O after this thread's ring
+    // is gone gets an error, not a panic.
+    let outcome = RING.try_with(|cell| {
         let mut slot = cell.try_borrow_mut().map_err(|_| {
             io::Error::other("io_uring ring re-entered on one thread (a bug in the backend)")
         })?;
         let ring = match &mut *slot {
             Some(ring) => ring,
-            empty => empty.insert(IoUring::new(RING_ENTRIES)?),
+            empty => empty.insert(new_ring()?),
         };
         match f(ring) {
             Ok(value) => Ok(value),
@@ -122,6 +149,11 @@ fn with_ring<R>(f: impl FnOnce(&mut IoUring) -> Result<R, RingError>) -> io::Res
                 Err(error)
             }
         }
+    });
+    outcome.unwrap_or_else(|_| {
+        Err(io::Error::other(
+            "io_uring ring used during thread exit, after it was dropped",
+        ))
     })
 }
 
@@ -146,9 +178,10 @@ fn is_transient(error: &io::Error) -> bool {
     )
 }
 
-/// Pushes `entries`, submits them in one call and waits until every one has
-/// completed, storing entry `i`'s result (bytes or `-errno`) in
-/// `results[i]`. Never returns while an entry is in flight.
+/// Pushes `entries` (each tagged with its index as user data), submits them
+/// in one call and waits until every one has completed, storing entry `i`'s
+/// result (bytes or `-errno`) in `results[i]`. Never returns while an entry
+/// is in flight.
 fn run_batch(
     ring: &mut IoUring,
     entries: &[squeue::Entry],
@@ -159,33 +192,30 @@ fn run_batch(
     // Completions left over from an earlier batch would be a bug; the ring
     // is always drained before a batch returns.
     assert!(ring.completion().is_empty());
-    let tagged: Vec<squeue::Entry> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, entry)| entry.clone().user_data(i as u64))
-        .collect();
     // SAFETY: every buffer these entries point to is borrowed by our caller
     // for the whole of this call, and this function does not return (or
     // unwind) until the kernel has posted a completion for every entry, so
     // the buffers outlive the operations. The file descriptors are likewise
     // borrowed for the call.
-    unsafe { ring.submission().push_multiple(&tagged) }.map_err(|_| {
+    unsafe { ring.submission().push_multiple(entries) }.map_err(|_| {
         RingError::Op(io::Error::other(
             "io_uring submission queue unexpectedly full",
         ))
     })?;
-    let total = tagged.len();
+    let total = entries.len();
     let mut completed = 0usize;
     let mut failed_waits = 0u32;
     while completed < total {
-        if let Err(error) = ring.submit_and_wait(total - completed) {
-            if !is_transient(&error) {
+        match ring.submit_and_wait(total - completed) {
+            Ok(_) => failed_waits = 0,
+            Err(error) => {
+                failed_waits += 1;
                 let unsubmitted = ring.submission().len();
                 let in_flight = (total - completed).saturating_sub(unsubmitted);
-                if in_flight == 0 {
+                let give_up = failed_waits > WAIT_RETRIES_MAX || !is_transient(&error);
+                if give_up && in_flight == 0 {
                     return Err(RingError::Broken(error));
                 }
-                failed_waits += 1;
                 if failed_waits > WAIT_RETRIES_MAX {
                     // Returning would free buffers the kernel may still
                     // write into; nothing safe is left to do.
@@ -195,7 +225,6 @@ fn run_batch(
             }
         }
         for cqe in ring.completion() {
-            let cqe: cqueue::Entry = cqe;
             if let Some(slot) = usize::try_from(cqe.user_data())
                 .ok()
                 .and_then(|i| results.get_mut(i))
@@ -216,14 +245,59 @@ enum Direction {
 }
 
 /// One contiguous part of a transfer still to do.
+#[derive(Clone, Copy)]
 struct Piece {
     addr: *mut u8,
     len: usize,
     offset: u64,
 }
 
-/// Appends `buf`'s pieces (at most [`OP_BYTES_MAX`] bytes each) starting at
-/// file offset `offset`.
+impl Piece {
+    /// The entry for this piece, tagged with `index`.
+    fn entry(&self, fd: RawFd, direction: Direction, index: usize) -> squeue::Entry {
+        // Pieces come from split_into, which keeps them within u32.
+        let len = self.len as u32;
+        let entry = match direction {
+            Direction::Read => opcode::Read::new(types::Fd(fd), self.addr, len)
+                .offset(self.offset)
+                .build(),
+            Direction::Write => opcode::Write::new(types::Fd(fd), self.addr, len)
+                .offset(self.offset)
+                .build(),
+        };
+        entry.user_data(index as u64)
+    }
+
+    /// Applies a completion: `Ok(None)` when the piece is done, `Ok(Some)`
+    /// with the remainder after a short transfer.
+    fn complete(&self, direction: Direction, result: i32) -> io::Result<Option<Piece>> {
+        let done = match usize::try_from(result) {
+            Err(_) => return Err(io::Error::from_raw_os_error(-result)),
+            Ok(0) if self.len > 0 => {
+                return Err(match direction {
+                    Direction::Read => {
+                        io::Error::new(io::ErrorKind::UnexpectedEof, "failed to fill whole buffer")
+                    }
+                    Direction::Write => {
+                        io::Error::new(io::ErrorKind::WriteZero, "failed to write whole buffer")
+                    }
+                })
+            }
+            Ok(done) => done.min(self.len),
+        };
+        if done == self.len {
+            return Ok(None);
+        }
+        Ok(Some(Piece {
+            addr: self.addr.wrapping_add(done),
+            len: self.len - done,
+            offset: self.offset + done as u64,
+        }))
+    }
+}
+
+/// Appends the pieces (at most [`OP_BYTES_MAX`] bytes each) of the `len`
+/// bytes at `addr`, which go to or come from file offset `offset`.
 fn split_into(pieces: &mut Vec<Piece>, addr: *mut u8, len: usize, offset: u64) {
     let mut done = 0usize;
     while done < len {
@@ -237,66 +311,75 @@ fn split_into(pieces: &mut Vec<Piece>, addr: *mut u8, len: usize, offset: u64) {
     }
 }
 
+/// Transfers one buffer: the common case, without allocating.
+fn transfer_one(
+    fd: RawFd,
+    direction: Direction,
+    addr: *mut u8,
+    len: usize,
+    offset: u64,
+) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    if len > OP_BYTES_MAX {
+        let mut pieces = Vec::new();
+        split_into(&mut pieces, addr, len, offset);
+        return transfer(fd, direction, pieces);
+    }
+    let mut piece = Piece { addr, len, offset };
+    with_ring(|ring| loop {
+        let mut result = [0i32];
+        run_batch(ring, &[piece.entry(fd, direction, 0)], &mut result)?;
+        match piece.complete(direction, result[0])? {
+            None => return Ok(()),
+            Some(rest) => piece = rest,
+        }
+    })
+}
+
 /// Transfers every piece completely, batching up to [`RING_ENTRIES`]
 /// entries per submission and resubmitting the remainder of short
-/// transfers.
+/// transfers. The first error is reported once every submitted entry of
+/// its batch has completed.
 fn transfer(fd: RawFd, direction: Direction, mut pending: Vec<Piece>) -> io::Result<()> {
     with_ring(|ring| {
-        let mut first_error: Option<io::Error> = None;
-        while !pending.is_empty() && first_error.is_none() {
-            let take = pending.len().min(RING_ENTRIES as usize);
-            let batch: Vec<Piece> = pending.drain(..take).collect();
-            let entries: Vec<squeue::Entry> = batch
-                .iter()
-                .map(|piece| {
-                    // OP_BYTES_MAX keeps every piece within u32.
-                    let len = piece.len as u32;
-                    match direction {
-                        Direction::Read => opcode::Read::new(types::Fd(fd), piece.addr, len)
-                            .offset(piece.offset)
-                            .build(),
-                        Direction::Write => opcode::Write::new(types::Fd(fd), piece.addr, len)
-                            .offset(piece.offset)
-                            .build(),
+        let mut entries = Vec::with_capacity(pending.len().min(RING_ENTRIES as usize));
+        let mut results = Vec::with_capacity(entries.capacity());
+        let mut rest = Vec::new();
+        while !pending.is_empty() {
+            let mut first_error: Option<io::Error> = None;
+            for batch in pending.chunks(RING_ENTRIES as usize) {
+                entries.clear();
+                entries.extend(
+                    batch
+                        .iter()
+                        .enumerate()
+                        .map(|(i, piece)| piece.entry(fd, direction, i)),
+                );
+                results.clear();
+                results.resize(entries.len(), 0);
+                run_batch(ring, &entries, &mut results)?;
+                for (piece, &result) in batch.iter().zip(&results) {
+                    match piece.complete(direction, result) {
+                        Ok(None) => {}
+                        Ok(Some(remainder)) => rest.push(remainder),
+                        Err(error) => {
+                            first_error.get_or_insert(error);
+                        }
                     }
-                })
-                .collect();
-            let mut results = vec![0i32; entries.len()];
-            run_batch(ring, &entries, &mut results)?;
-            for (piece, &result) in batch.into_iter().zip(&results) {
-                let done = match usize::try_from(result) {
-                    Err(_) => {
-                        first_error.get_or_insert(io::Error::from_raw_os_error(-result));
-                        continue;
-                    }
-                    Ok(0) => {
-                        first_error.get_or_insert(match direction {
-                            Direction::Read => io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "failed to fill whole buffer",
-                            ),
-                            Direction::Write => io::Error::new(
-                                io::ErrorKind::WriteZero,
-                                "failed to write whole buffer",
-                            ),
-                        });
-                        continue;
-                    }
-                    Ok(done) => done.min(piece.len),
-                };
-                if done < piece.len {
-                    pending.push(Piece {
-                        addr: piece.addr.wrapping_add(done),
-                        len: piece.len - done,
-                        offset: piece.offset + done as u64,
-                    });
+                }
+                if first_error.is_some() {
+                    break;
                 }
             }
+            if let Some(error) = first_error {
+                return Err(RingError::Op(error));
+            }
+            std::mem::swap(&mut pending, &mut rest);
+            rest.clear();
         }
-        match first_error {
-            Some(error) => Err(RingError::Op(error)),
-            None => Ok(()),
-        }
+        Ok(())
     })
 }
 
@@ -335,21 +418,28 @@ pub struct UringFile {
 
 impl StorageFile for UringFile {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let mut pieces = Vec::new();
-        split_into(&mut pieces, buf.as_mut_ptr(), buf.len(), offset);
-        transfer(self.file.as_raw_fd(), Direction::Read, pieces)
+        let fd = self.file.as_raw_fd();
+        transfer_one(fd, Direction::Read, buf.as_mut_ptr(), buf.len(), offset)
     }
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.write_all_vectored_at(&[buf], offset)
+        // The kernel only reads through this pointer (IORING_OP_WRITE); it
+        // is `*mut` because pieces serve reads too.
+        let addr = buf.as_ptr().cast_mut();
+        transfer_one(
+            self.file.as_raw_fd(),
+            Direction::Write,
+            addr,
+            buf.len(),
+            offset,
+        )
     }
 
     fn write_all_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
         let mut pieces = Vec::with_capacity(bufs.len());
         let mut at = offset;
         for buf in bufs {
-            // The kernel only reads through this pointer (IORING_OP_WRITE);
-            // it is `*mut` because the piece type serves reads too.
+            // As in write_all_at, the kernel only reads through it.
             split_into(&mut pieces, buf.as_ptr().cast_mut(), buf.len(), at);
             at += buf.len() as u64;
         }
@@ -377,5 +467,41 @@ impl StorageFile for UringFile {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_into_caps_pieces_and_keeps_them_contiguous() {
+        let mut buf = vec![0u8; 8];
+        let base = buf.as_mut_ptr();
+        let mut pieces = Vec::new();
+        split_into(&mut pieces, base, 0, 7);
+        assert!(pieces.is_empty());
+        split_into(&mut pieces, base, 8, 100);
+        assert_eq!(pieces.len(), 1);
+        assert_eq!((pieces[0].len, pieces[0].offset), (8, 100));
+
+        // A length past OP_BYTES_MAX, never dereferenced here.
+        let len = 2 * OP_BYTES_MAX + 5;
+        let mut pieces = Vec::new();
+        split_into(&mut pieces, base, len, 10);
+        let shape: Vec<(usize, usize, u64)> = pieces
+            .iter()
+            .map(|p| (p.addr as usize - base as usize, p.len, p.offset))
+            .collect();
+        let max = OP_BYTES_MAX;
+        assert_eq!(
+            shape,
+            [
+                (0, max, 10),
+                (max, max, 10 + max as u64),
+                (2 * max, 5, 10 + 2 * max as u64)
+            ]
+        );
+        assert!(pieces.iter().all(|p| u32::try_from(p.len).is_ok()));
     }
 }
