@@ -246,7 +246,11 @@ mod tests {
     }
 
     /// Method, request fields, expected outcome.
-    type Row = (Method, &'static [(&'static str, &'static str)], Precondition);
+    type Row = (
+        Method,
+        &'static [(&'static str, &'static str)],
+        Precondition,
+    );
 
     #[test]
     fn preconditions_table() {
