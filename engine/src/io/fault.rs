@@ -75,6 +75,57 @@ struct Inode {
     /// its last `set_len`), kept so [`FaultStorage::crash_tearing`] can let a
     /// prefix of it survive.
     unsynced_write: Option<UnsyncedWrite>,
+    /// The range covering every byte written since the last sync, and the
+    /// shortest length the file had since then: all `sync_data` must copy,
+    /// so syncing an appended log costs the append, not the whole file.
+    dirty: Option<(usize, usize)>,
+    shortest_len_since_sync: usize,
+}
+
+impl Inode {
+    fn write(&mut self, offset: usize, data: &[u8]) {
+        apply_write(&mut self.current, offset as u64, data);
+        let end = offset + data.len();
+        self.dirty = Some(match self.dirty {
+            None => (offset, end),
+            Some((start, stop)) => (start.min(offset), stop.max(end)),
+        });
+    }
+
+    fn set_len(&mut self, len: usize) {
+        self.current.resize(len, 0);
+        self.shortest_len_since_sync = self.shortest_len_since_sync.min(len);
+        // A tear is only modelled for a write that is the newest change to
+        // its file; after a length change the write is simply lost.
+        self.unsynced_write = None;
+    }
+
+    /// Makes the current content durable. Bytes past the shortest length
+    /// since the last sync that were not written since are zeros (a length
+    /// extension), so truncating there and zero-extending, then copying the
+    /// written range, reproduces the current content.
+    fn sync(&mut self) {
+        self.durable.truncate(self.shortest_len_since_sync);
+        self.durable.resize(self.current.len(), 0);
+        if let Some((start, end)) = self.dirty.take() {
+            let end = end.min(self.current.len());
+            if start < end {
+                self.durable[start..end].copy_from_slice(&self.current[start..end]);
+            }
+        }
+        // Checked only on small files, to keep syncs of big ones cheap.
+        debug_assert!(self.current.len() > 1 << 16 || self.durable == self.current);
+        self.shortest_len_since_sync = self.current.len();
+        self.unsynced_write = None;
+    }
+
+    /// Power loss: back to the durable content.
+    fn reset_to_durable(&mut self) {
+        self.current = self.durable.clone();
+        self.dirty = None;
+        self.shortest_len_since_sync = self.current.len();
+        self.unsynced_write = None;
+    }
 }
 
 struct UnsyncedWrite {
@@ -166,14 +217,14 @@ impl State {
         let live: Vec<InodeId> = self.dir_durable.values().copied().collect();
         self.inodes.retain(|id, _| live.contains(id));
         for inode in self.inodes.values_mut() {
-            inode.current = inode.durable.clone();
+            inode.reset_to_durable();
             inode.open_handles = 0;
         }
         if let (Some(seed), Some((id, write))) = (tear_seed, torn) {
             if let Some(inode) = self.inodes.get_mut(&id) {
                 let kept = (splitmix64(seed) % (write.data.len() as u64 + 1)) as usize;
                 apply_write(&mut inode.durable, write.offset, &write.data[..kept]);
-                inode.current = inode.durable.clone();
+                inode.reset_to_durable();
             }
         }
     }
@@ -443,7 +494,8 @@ impl FaultFile {
         let sequence = state.writes;
         state.writes += 1;
         if let Some(inode) = state.inodes.get_mut(&self.inode) {
-            apply_write(&mut inode.current, offset, &data);
+            // mem_offset above proved the offset fits in memory.
+            inode.write(offset as usize, &data);
             inode.unsynced_write = Some(UnsyncedWrite {
                 sequence,
                 offset,
@@ -508,10 +560,7 @@ impl StorageFile for FaultFile {
             .ok_or_else(|| io::Error::other("fault storage: open file without inode"))?;
         state.check_space((new_len as u64).saturating_sub(old_len as u64))?;
         if let Some(inode) = state.inodes.get_mut(&self.inode) {
-            inode.current.resize(new_len, 0);
-            // A tear is only modelled for a write that is the newest change
-            // to its file; after a length change the write is simply lost.
-            inode.unsynced_write = None;
+            inode.set_len(new_len);
         }
         Ok(())
     }
@@ -519,8 +568,7 @@ impl StorageFile for FaultFile {
     fn sync_data(&self) -> io::Result<()> {
         let mut state = self.begin()?;
         if let Some(inode) = state.inodes.get_mut(&self.inode) {
-            inode.durable = inode.current.clone();
-            inode.unsynced_write = None;
+            inode.sync();
         }
         Ok(())
     }
