@@ -1,0 +1,1119 @@
+//! The blob store proper: the writer, reads, deletes and group commit.
+//!
+//! Concurrency: one `RwLock<State>` guards the index and the head segment's
+//! append offset. Appends happen under the write lock, so the log order is
+//! the order in which state changes are applied, and a record's bytes are
+//! completely written before any later record. Durability is separate: a
+//! caller appends, releases the lock, then waits in [`Inner::wait_durable`]
+//! until the synced position passes its record (group commit: the first
+//! waiter becomes the leader and syncs the head once for everyone who
+//! appended before it started; the others wait on a condvar).
+//!
+//! Invariants:
+//! - Every segment except the head is completely synced (the head is synced
+//!   before it is sealed), so the synced position is one `(segment, offset)`.
+//! - A failed append leaves the head's logical end where it was (the next
+//!   append overwrites the partial bytes), so garbage can only ever follow
+//!   the last record, where recovery treats it as a torn tail.
+//! - Chunks written or deduplicated by an unfinished writer are pinned and
+//!   never dropped by compaction; dropping the writer unpins them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::blob::index::{new_blob_map, new_chunk_map, BlobEntry, ChunkEntry, IdBuild, IdMap};
+use crate::blob::record::{
+    self, decode_header, encode_chunk, table_entry, verify_header_crc, BlobState, RecordKind,
+    SEGMENT_HEADER_LEN,
+};
+use crate::blob::{
+    segment_file_name, BlobConfig, BlobId, BlobInfo, BlobRef, BlobStats, ChunkId, Error,
+    SegmentStats,
+};
+use crate::io::{OpenMode, Storage, StorageFile};
+
+/// Smallest and largest accepted chunk sizes.
+pub const CHUNK_SIZE_BYTES_MIN: u32 = 16;
+pub const CHUNK_SIZE_BYTES_MAX: u32 = 64 << 20;
+
+/// A position in the log: records are ordered by segment id, then offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub(crate) struct Pos {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// One open segment file.
+pub(crate) struct Segment {
+    pub file: Arc<dyn StorageFile>,
+    pub name: String,
+    /// Logical end: the end of the last complete record.
+    pub len: u64,
+    pub live_bytes: u64,
+}
+
+/// Everything the write lock guards.
+pub(crate) struct State {
+    pub chunks: IdMap<ChunkId, ChunkEntry>,
+    pub blobs: IdMap<BlobId, BlobEntry>,
+    /// Pins held by unfinished writers, per chunk.
+    pub pins: IdMap<ChunkId, u32>,
+    pub segments: BTreeMap<u64, Segment>,
+    /// The segment appended to, once one exists.
+    pub head: Option<u64>,
+    pub next_segment_id: u64,
+    pub appended_since_checkpoint: u64,
+}
+
+impl State {
+    pub(crate) fn empty() -> State {
+        State {
+            chunks: new_chunk_map(),
+            blobs: new_blob_map(),
+            pins: HashMap::with_hasher(IdBuild::default()),
+            segments: BTreeMap::new(),
+            head: None,
+            next_segment_id: 1,
+            appended_since_checkpoint: 0,
+        }
+    }
+
+    /// The end of the log: where the next record would go, or the end of
+    /// the last segment.
+    pub(crate) fn end(&self) -> Pos {
+        match self.segments.iter().next_back() {
+            Some((id, seg)) => Pos {
+                segment: *id,
+                offset: seg.len,
+            },
+            None => Pos::default(),
+        }
+    }
+
+    fn add_live(&mut self, segment: u64, bytes: u64) {
+        if let Some(seg) = self.segments.get_mut(&segment) {
+            seg.live_bytes += bytes;
+        }
+    }
+
+    fn sub_live(&mut self, segment: u64, bytes: u64) {
+        if let Some(seg) = self.segments.get_mut(&segment) {
+            assert!(
+                seg.live_bytes >= bytes,
+                "live bytes underflow in segment {segment}"
+            );
+            seg.live_bytes -= bytes;
+        }
+    }
+
+    pub(crate) fn incref_chunk(&mut self, id: &ChunkId) -> bool {
+        let Some(e) = self.chunks.get_mut(id) else {
+            return false;
+        };
+        e.refcount += 1;
+        let e = *e;
+        if e.refcount == 1 {
+            self.add_live(
+                e.segment,
+                record::record_len(RecordKind::Chunk, e.payload_len),
+            );
+        }
+        true
+    }
+
+    pub(crate) fn decref_chunk(&mut self, id: &ChunkId) -> bool {
+        let Some(e) = self.chunks.get_mut(id) else {
+            return false;
+        };
+        if e.refcount == 0 {
+            return false;
+        }
+        e.refcount -= 1;
+        let e = *e;
+        if e.refcount == 0 {
+            self.sub_live(
+                e.segment,
+                record::record_len(RecordKind::Chunk, e.payload_len),
+            );
+        }
+        true
+    }
+
+    fn pin(&mut self, id: ChunkId) {
+        *self.pins.entry(id).or_insert(0) += 1;
+    }
+
+    fn unpin(&mut self, id: &ChunkId) {
+        if let Some(n) = self.pins.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                self.pins.remove(id);
+            }
+        }
+    }
+
+    /// Recomputes every segment's live bytes from the index.
+    pub(crate) fn recompute_live(&mut self) {
+        for seg in self.segments.values_mut() {
+            seg.live_bytes = 0;
+        }
+        let mut live: HashMap<u64, u64> = HashMap::new();
+        for e in self.chunks.values() {
+            if e.refcount > 0 {
+                *live.entry(e.segment).or_insert(0) +=
+                    record::record_len(RecordKind::Chunk, e.payload_len);
+            }
+        }
+        for e in self.blobs.values() {
+            *live.entry(e.segment).or_insert(0) += u64::from(e.record_len);
+        }
+        for (id, bytes) in live {
+            self.add_live(id, bytes);
+        }
+    }
+}
+
+struct Commit {
+    synced: Pos,
+    leader: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub puts: AtomicU64,
+    pub deletes: AtomicU64,
+    pub chunks_written: AtomicU64,
+    pub chunks_deduplicated: AtomicU64,
+    pub bytes_appended: AtomicU64,
+    pub syncs: AtomicU64,
+    pub commits: AtomicU64,
+    pub reads: AtomicU64,
+    pub corruptions_detected: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub compactions: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+struct ManifestCache {
+    map: IdMap<BlobId, Arc<Vec<ChunkId>>>,
+    ids: usize,
+}
+
+pub(crate) struct Inner {
+    pub storage: Arc<dyn Storage>,
+    pub config: BlobConfig,
+    pub state: RwLock<State>,
+    commit: Mutex<Commit>,
+    commit_cv: Condvar,
+    poisoned: AtomicBool,
+    /// Serialises checkpoints and compactions.
+    pub maintenance: Mutex<()>,
+    manifests: Mutex<ManifestCache>,
+    pub counters: Counters,
+}
+
+/// A handle to an open blob store. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct BlobStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStore")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, Error> {
+    m.lock().map_err(|_| Error::Poisoned)
+}
+
+impl Inner {
+    pub(crate) fn read_state(&self) -> Result<RwLockReadGuard<'_, State>, Error> {
+        self.state.read().map_err(|_| Error::Poisoned)
+    }
+
+    pub(crate) fn write_state(&self) -> Result<RwLockWriteGuard<'_, State>, Error> {
+        self.state.write().map_err(|_| Error::Poisoned)
+    }
+
+    pub(crate) fn poison(&self) {
+        if !self.poisoned.swap(true, Ordering::SeqCst) {
+            tracing::error!("blob store poisoned by a failed sync; reopen it");
+        }
+    }
+
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn check_writable(&self) -> Result<(), Error> {
+        if self.is_poisoned() {
+            Err(Error::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn note_corruption(&self, e: Error) -> Error {
+        if matches!(e, Error::Corruption { .. }) {
+            bump(&self.counters.corruptions_detected);
+            tracing::warn!(error = %e, "blob store corruption detected");
+        }
+        e
+    }
+
+    /// Appends `parts` back to back as one record at the head, rolling to a
+    /// new segment first if the record does not fit.
+    pub(crate) fn append(&self, st: &mut State, parts: &[&[u8]]) -> Result<Pos, Error> {
+        self.check_writable()?;
+        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let head = self.ensure_head(st, total)?;
+        let Some(seg) = st.segments.get_mut(&head) else {
+            panic!("head segment {head} missing from the segment map");
+        };
+        let at = seg.len;
+        match seg.file.write_all_vectored_at(parts, at) {
+            Ok(()) => {
+                seg.len += total;
+                st.appended_since_checkpoint += total;
+                self.counters
+                    .bytes_appended
+                    .fetch_add(total, Ordering::Relaxed);
+                Ok(Pos {
+                    segment: head,
+                    offset: at,
+                })
+            }
+            Err(e) => {
+                // Best effort: drop the partial bytes now. If this fails too,
+                // the next append overwrites them from `at` anyway.
+                let _ = seg.file.set_len(at);
+                Err(Error::io("append", &seg.name, e))
+            }
+        }
+    }
+
+    fn ensure_head(&self, st: &mut State, record_len: u64) -> Result<u64, Error> {
+        if let Some(h) = st.head {
+            let Some(seg) = st.segments.get(&h) else {
+                panic!("head segment {h} missing from the segment map");
+            };
+            let empty = seg.len == SEGMENT_HEADER_LEN as u64;
+            if empty || seg.len + record_len <= self.config.segment_size_bytes_max {
+                return Ok(h);
+            }
+            // Seal: cut any partial bytes of a failed append, and make the
+            // whole segment durable, so only the head is ever unsynced.
+            seg.file
+                .set_len(seg.len)
+                .map_err(|e| Error::io("seal", &seg.name, e))?;
+            if let Err(e) = seg.file.sync_data() {
+                self.poison();
+                return Err(Error::io("sync", &seg.name, e));
+            }
+            bump(&self.counters.syncs);
+            let sealed_end = Pos {
+                segment: h,
+                offset: seg.len,
+            };
+            {
+                let mut c = lock(&self.commit)?;
+                if sealed_end > c.synced {
+                    c.synced = sealed_end;
+                }
+            }
+            self.commit_cv.notify_all();
+            st.head = None;
+        }
+        let id = st.next_segment_id;
+        // Consume the id before touching the disk, so a failed creation never
+        // collides with a retry.
+        st.next_segment_id += 1;
+        let name = segment_file_name(id);
+        let file = self
+            .storage
+            .open(&name, OpenMode::CreateNew)
+            .map_err(|e| Error::io("create segment", &name, e))?;
+        if let Err(e) = file.write_all_at(&record::encode_segment_header(id), 0) {
+            drop(file);
+            let _ = self.storage.remove(&name);
+            return Err(Error::io("write segment header", &name, e));
+        }
+        if let Err(e) = self.storage.sync_dir() {
+            self.poison();
+            return Err(Error::io("sync dir", &name, e));
+        }
+        st.segments.insert(
+            id,
+            Segment {
+                file,
+                name,
+                len: SEGMENT_HEADER_LEN as u64,
+                live_bytes: 0,
+            },
+        );
+        st.head = Some(id);
+        Ok(id)
+    }
+
+    /// Returns once every record before `target` is durable (group commit).
+    pub(crate) fn wait_durable(&self, target: Pos) -> Result<(), Error> {
+        let mut c = lock(&self.commit)?;
+        loop {
+            if self.is_poisoned() {
+                return Err(Error::Poisoned);
+            }
+            if c.synced >= target {
+                bump(&self.counters.commits);
+                return Ok(());
+            }
+            if c.leader {
+                c = self.commit_cv.wait(c).map_err(|_| Error::Poisoned)?;
+                continue;
+            }
+            c.leader = true;
+            drop(c);
+            let head = {
+                let st = self.read_state();
+                match st {
+                    Ok(st) => st.head.and_then(|h| {
+                        st.segments.get(&h).map(|s| {
+                            (
+                                s.file.clone(),
+                                s.name.clone(),
+                                Pos {
+                                    segment: h,
+                                    offset: s.len,
+                                },
+                            )
+                        })
+                    }),
+                    Err(_) => None,
+                }
+            };
+            let result = match &head {
+                Some((file, name, _)) => {
+                    bump(&self.counters.syncs);
+                    file.sync_data().map_err(|e| Error::io("sync", name, e))
+                }
+                None => Ok(()),
+            };
+            c = lock(&self.commit)?;
+            c.leader = false;
+            match result {
+                Ok(()) => {
+                    if let Some((_, _, end)) = head {
+                        if end > c.synced {
+                            c.synced = end;
+                        }
+                    }
+                    self.commit_cv.notify_all();
+                    // Everything before `target` was appended before we
+                    // looked at the head, so one sync always suffices.
+                    assert!(
+                        c.synced >= target || self.is_poisoned(),
+                        "group commit made no progress: synced {:?}, target {target:?}",
+                        c.synced
+                    );
+                }
+                Err(e) => {
+                    self.poison();
+                    self.commit_cv.notify_all();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Reads and fully verifies the record at a known location.
+    pub(crate) fn read_record(
+        &self,
+        segment: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(Bytes, String), Error> {
+        let (file, name) = {
+            let st = self.read_state()?;
+            let Some(seg) = st.segments.get(&segment) else {
+                return Err(Error::corruption(
+                    &segment_file_name(segment),
+                    Some(segment),
+                    offset,
+                    "index points into a segment that does not exist",
+                ));
+            };
+            (seg.file.clone(), seg.name.clone())
+        };
+        let bytes = file
+            .read_bytes_at(offset, len as usize)
+            .map_err(|e| Error::io("read", &name, e))?;
+        if let Err(e) = record::decode(&bytes) {
+            return Err(self.note_corruption(Error::corruption(&name, Some(segment), offset, e)));
+        }
+        Ok((bytes, name))
+    }
+
+    /// The chunk list of a live blob, from the cache or its record.
+    pub(crate) fn manifest(
+        &self,
+        id: &BlobId,
+        entry: &BlobEntry,
+    ) -> Result<Arc<Vec<ChunkId>>, Error> {
+        if let Some(m) = lock(&self.manifests)?.map.get(id) {
+            return Ok(m.clone());
+        }
+        let (bytes, name) =
+            self.read_record(entry.segment, entry.offset, u64::from(entry.record_len))?;
+        let corrupt = |why: &str| {
+            self.note_corruption(Error::corruption(
+                &name,
+                Some(entry.segment),
+                entry.offset,
+                why,
+            ))
+        };
+        let (rec, _) = record::decode(&bytes).map_err(|e| corrupt(&e.to_string()))?;
+        if rec.header.kind != RecordKind::BlobState || rec.header.key != id.0 {
+            return Err(corrupt("blob index points at a different record"));
+        }
+        let state = BlobState::decode(rec.payload).map_err(|e| corrupt(&e.to_string()))?;
+        if state.size_bytes != entry.size_bytes || state.chunks.len() != entry.chunk_count as usize
+        {
+            return Err(corrupt("blob state disagrees with the index"));
+        }
+        let chunks = Arc::new(state.chunks);
+        let mut cache = lock(&self.manifests)?;
+        if cache.ids + chunks.len() > self.config.manifest_cache_chunk_ids_max {
+            cache.map.clear();
+            cache.ids = 0;
+        }
+        cache.ids += chunks.len();
+        cache.map.insert(*id, chunks.clone());
+        Ok(chunks)
+    }
+
+    fn forget_manifest(&self, id: &BlobId) {
+        if let Ok(mut cache) = lock(&self.manifests) {
+            if let Some(m) = cache.map.remove(id) {
+                cache.ids -= m.len();
+            }
+        }
+    }
+
+    /// Reads bytes `start..end` of a chunk's payload, verifying the header
+    /// and just the blocks touched.
+    pub(crate) fn read_chunk_range(
+        &self,
+        id: &ChunkId,
+        start: u32,
+        end: u32,
+    ) -> Result<Bytes, Error> {
+        let (entry, file, name) = {
+            let st = self.read_state()?;
+            let Some(entry) = st.chunks.get(id).copied() else {
+                return Err(self.note_corruption(Error::corruption(
+                    "index",
+                    None,
+                    0,
+                    format!("chunk {id} named by a live blob is missing"),
+                )));
+            };
+            let Some(seg) = st.segments.get(&entry.segment) else {
+                panic!("chunk {id} points into missing segment {}", entry.segment);
+            };
+            (entry, seg.file.clone(), seg.name.clone())
+        };
+        if start > end || end > entry.payload_len {
+            return Err(Error::InvalidInput(format!(
+                "range {start}..{end} outside chunk of {} bytes",
+                entry.payload_len
+            )));
+        }
+        let corrupt = |offset: u64, why: String| {
+            self.note_corruption(Error::corruption(&name, Some(entry.segment), offset, why))
+        };
+        let head_len = record::HEADER_LEN
+            + 4 * (entry.payload_len as usize).div_ceil(record::CHUNK_BLOCK_BYTES as usize);
+        let head = file
+            .read_bytes_at(entry.offset, head_len)
+            .map_err(|e| Error::io("read", &name, e))?;
+        let header = decode_header(&head).map_err(|e| corrupt(entry.offset, e.to_string()))?;
+        if header.kind != RecordKind::Chunk
+            || header.key != id.0
+            || header.payload_len != entry.payload_len
+            || header.payload_offset() != head_len
+        {
+            return Err(corrupt(
+                entry.offset,
+                "chunk header disagrees with the index".into(),
+            ));
+        }
+        verify_header_crc(&header, &head).map_err(|e| corrupt(entry.offset, e.to_string()))?;
+        if start == end {
+            return Ok(Bytes::new());
+        }
+        let block = 1u32 << header.block_size_log2;
+        let b0 = start / block;
+        let b1 = end.div_ceil(block);
+        let data_start = b0 * block;
+        let data_end = (b1 * block).min(entry.payload_len);
+        let payload_at = entry.offset + head_len as u64;
+        let data = file
+            .read_bytes_at(
+                payload_at + u64::from(data_start),
+                (data_end - data_start) as usize,
+            )
+            .map_err(|e| Error::io("read", &name, e))?;
+        let table = &head[record::HEADER_LEN..];
+        for (i, piece) in data.chunks(block as usize).enumerate() {
+            let b = b0 + i as u32;
+            let expected = table_entry(table, b);
+            let actual = crc32fast::hash(piece);
+            if expected != actual {
+                return Err(corrupt(
+                    payload_at + u64::from(b * block),
+                    format!(
+                        "chunk {id} block {b} checksum: stored {expected:#010x}, computed {actual:#010x}"
+                    ),
+                ));
+            }
+        }
+        bump(&self.counters.reads);
+        Ok(data.slice((start - data_start) as usize..(end - data_start) as usize))
+    }
+}
+
+impl BlobStore {
+    /// Opens (recovering if needed) the blob store kept in `storage`.
+    pub fn open(storage: Arc<dyn Storage>, config: BlobConfig) -> Result<BlobStore, Error> {
+        if !(CHUNK_SIZE_BYTES_MIN..=CHUNK_SIZE_BYTES_MAX).contains(&config.chunk_size_bytes) {
+            return Err(Error::InvalidInput(format!(
+                "chunk_size_bytes {} outside {CHUNK_SIZE_BYTES_MIN}..={CHUNK_SIZE_BYTES_MAX}",
+                config.chunk_size_bytes
+            )));
+        }
+        if config.segment_size_bytes_max <= SEGMENT_HEADER_LEN as u64 {
+            return Err(Error::InvalidInput(
+                "segment_size_bytes_max too small".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&config.compaction_live_fraction_min) {
+            return Err(Error::InvalidInput(
+                "compaction_live_fraction_min outside 0..=1".into(),
+            ));
+        }
+        let state = crate::blob::recovery::recover(storage.as_ref())?;
+        let synced = state.end();
+        let inner = Inner {
+            storage,
+            config,
+            state: RwLock::new(state),
+            commit: Mutex::new(Commit {
+                synced,
+                leader: false,
+            }),
+            commit_cv: Condvar::new(),
+            poisoned: AtomicBool::new(false),
+            maintenance: Mutex::new(()),
+            manifests: Mutex::new(ManifestCache {
+                map: HashMap::with_hasher(IdBuild::default()),
+                ids: 0,
+            }),
+            counters: Counters::default(),
+        };
+        Ok(BlobStore {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The settings the store was opened with.
+    pub fn config(&self) -> &BlobConfig {
+        &self.inner.config
+    }
+
+    /// Starts a streamed write.
+    pub fn writer(&self) -> BlobWriter {
+        let chunk_size = self.inner.config.chunk_size_bytes as usize;
+        BlobWriter {
+            store: self.clone(),
+            buf: Vec::new(),
+            chunk_size,
+            hasher: blake3::Hasher::new(),
+            chunks: Vec::new(),
+            size_bytes: 0,
+            pinned: Vec::new(),
+        }
+    }
+
+    /// Stores `data` as one blob: writer, write, finish.
+    pub fn put(&self, data: &[u8]) -> Result<BlobRef, Error> {
+        let mut w = self.writer();
+        w.write(data)?;
+        w.finish()
+    }
+
+    /// Metadata of a live blob.
+    pub fn stat(&self, id: &BlobId) -> Result<Option<BlobInfo>, Error> {
+        let st = self.inner.read_state()?;
+        Ok(st.blobs.get(id).map(|e| BlobInfo {
+            id: *id,
+            size_bytes: e.size_bytes,
+            chunk_count: e.chunk_count,
+            created_ms: e.created_ms,
+        }))
+    }
+
+    fn blob_entry(&self, id: &BlobId) -> Result<BlobEntry, Error> {
+        let st = self.inner.read_state()?;
+        st.blobs.get(id).copied().ok_or(Error::NotFound(*id))
+    }
+
+    /// Reads `len` bytes at `offset` of a blob into one `Bytes` (a slice of
+    /// the read buffer when the range lies in one chunk). `len` is capped at
+    /// `read_len_max_bytes` (two chunks by default); a range past the end is
+    /// `InvalidInput`.
+    pub fn read(&self, id: &BlobId, offset: u64, len: u64) -> Result<Bytes, Error> {
+        let cap = match self.inner.config.read_len_max_bytes {
+            0 => 2 * u64::from(self.inner.config.chunk_size_bytes),
+            n => n,
+        };
+        if len > cap {
+            return Err(Error::InvalidInput(format!(
+                "read of {len} bytes exceeds the cap of {cap}; use read_range"
+            )));
+        }
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| Error::InvalidInput("range overflows".into()))?;
+        let mut reader = self.read_range(id, offset..end)?;
+        let Some(first) = reader.next() else {
+            return Ok(Bytes::new());
+        };
+        let first = first?;
+        if reader.remaining_bytes() == 0 {
+            return Ok(first);
+        }
+        let mut out = BytesMut::with_capacity(len as usize);
+        out.extend_from_slice(&first);
+        for piece in reader {
+            out.extend_from_slice(&piece?);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Streams a byte range of a blob chunk by chunk.
+    pub fn read_range(
+        &self,
+        id: &BlobId,
+        range: std::ops::Range<u64>,
+    ) -> Result<BlobRangeReader, Error> {
+        let entry = self.blob_entry(id)?;
+        if range.start > range.end || range.end > entry.size_bytes {
+            return Err(Error::InvalidInput(format!(
+                "range {}..{} outside blob of {} bytes",
+                range.start, range.end, entry.size_bytes
+            )));
+        }
+        let chunks = if range.start == range.end {
+            Arc::new(Vec::new())
+        } else {
+            self.inner.manifest(id, &entry)?
+        };
+        Ok(BlobRangeReader {
+            store: self.clone(),
+            chunks,
+            chunk_size_bytes: u64::from(entry.chunk_size_bytes),
+            pos: range.start,
+            end: range.end,
+        })
+    }
+
+    /// Drops one reference to a blob; the blob is gone when none remain.
+    /// Returns whether it existed. Durable on return.
+    pub fn delete(&self, id: &BlobId) -> Result<bool, Error> {
+        let inner = &self.inner;
+        inner.check_writable()?;
+        let end = loop {
+            let entry = {
+                let st = inner.read_state()?;
+                match st.blobs.get(id) {
+                    Some(e) => *e,
+                    None => return Ok(false),
+                }
+            };
+            let chunks = inner.manifest(id, &entry)?;
+            let mut st = inner.write_state()?;
+            if st.blobs.get(id) != Some(&entry) {
+                continue; // changed while we read its manifest
+            }
+            let refcount = entry.refcount - 1;
+            let state = BlobState {
+                refcount,
+                chunk_size_bytes: entry.chunk_size_bytes,
+                size_bytes: entry.size_bytes,
+                created_ms: entry.created_ms,
+                chunks: chunks.to_vec(),
+            };
+            let bytes = state.encode_record(id);
+            let pos = inner.append(&mut st, &[&bytes])?;
+            st.sub_live(entry.segment, u64::from(entry.record_len));
+            if refcount == 0 {
+                for c in chunks.iter() {
+                    assert!(
+                        st.decref_chunk(c),
+                        "deleted blob {id} names unknown chunk {c}"
+                    );
+                }
+                st.blobs.remove(id);
+                inner.forget_manifest(id);
+            } else {
+                st.add_live(pos.segment, bytes.len() as u64);
+                st.blobs.insert(
+                    *id,
+                    BlobEntry {
+                        segment: pos.segment,
+                        offset: pos.offset,
+                        record_len: bytes.len() as u32,
+                        refcount,
+                        ..entry
+                    },
+                );
+            }
+            break Pos {
+                segment: pos.segment,
+                offset: pos.offset + bytes.len() as u64,
+            };
+        };
+        inner.wait_durable(end)?;
+        bump(&inner.counters.deletes);
+        self.maybe_checkpoint();
+        Ok(true)
+    }
+
+    pub(crate) fn maybe_checkpoint(&self) {
+        let due = match self.inner.read_state() {
+            Ok(st) => st.appended_since_checkpoint >= self.inner.config.checkpoint_interval_bytes,
+            Err(_) => false,
+        };
+        if due {
+            if let Ok(_guard) = self.inner.maintenance.try_lock() {
+                if let Err(error) = self.checkpoint_locked() {
+                    tracing::warn!(%error, "automatic blob checkpoint failed");
+                }
+            }
+        }
+    }
+
+    /// Counts and space accounting.
+    pub fn stats(&self) -> BlobStats {
+        let c = &self.inner.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut stats = BlobStats {
+            poisoned: self.inner.is_poisoned(),
+            puts: load(&c.puts),
+            deletes: load(&c.deletes),
+            chunks_written: load(&c.chunks_written),
+            chunks_deduplicated: load(&c.chunks_deduplicated),
+            bytes_appended: load(&c.bytes_appended),
+            syncs: load(&c.syncs),
+            commits: load(&c.commits),
+            reads: load(&c.reads),
+            corruptions_detected: load(&c.corruptions_detected),
+            checkpoints: load(&c.checkpoints),
+            compactions: load(&c.compactions),
+            ..BlobStats::default()
+        };
+        if let Ok(st) = self.inner.read_state() {
+            stats.chunks = st.chunks.len() as u64;
+            stats.chunks_live = st.chunks.values().filter(|e| e.refcount > 0).count() as u64;
+            stats.blobs = st.blobs.len() as u64;
+            stats.head_segment = st.head;
+            for (id, seg) in &st.segments {
+                let total = seg.len - SEGMENT_HEADER_LEN as u64;
+                let s = SegmentStats {
+                    id: *id,
+                    total_bytes: total,
+                    live_bytes: seg.live_bytes,
+                    dead_bytes: total - seg.live_bytes,
+                };
+                stats.live_bytes += s.live_bytes;
+                stats.dead_bytes += s.dead_bytes;
+                stats.segments.push(s);
+            }
+        }
+        stats
+    }
+}
+
+/// A streamed write of one blob. Dropping it without [`BlobWriter::finish`]
+/// aborts: chunks already appended stay as unreferenced garbage that
+/// compaction reclaims.
+pub struct BlobWriter {
+    store: BlobStore,
+    buf: Vec<u8>,
+    chunk_size: usize,
+    hasher: blake3::Hasher,
+    chunks: Vec<ChunkId>,
+    size_bytes: u64,
+    pinned: Vec<ChunkId>,
+}
+
+impl std::fmt::Debug for BlobWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobWriter")
+            .field("written_bytes", &self.size_bytes)
+            .field("chunks", &self.chunks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlobWriter {
+    /// Appends bytes to the blob; full chunks are stored as they complete.
+    pub fn write(&mut self, mut data: &[u8]) -> Result<(), Error> {
+        self.store.inner.check_writable()?;
+        self.hasher.update(data);
+        self.size_bytes += data.len() as u64;
+        while !data.is_empty() {
+            if self.buf.is_empty() && data.len() >= self.chunk_size {
+                // Whole chunks straight from the caller's buffer: no copy.
+                let (chunk, rest) = data.split_at(self.chunk_size);
+                self.store_chunk_from(chunk)?;
+                data = rest;
+                continue;
+            }
+            let take = (self.chunk_size - self.buf.len()).min(data.len());
+            if self.buf.capacity() == 0 {
+                self.buf.reserve_exact(self.chunk_size);
+            }
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() == self.chunk_size {
+                let buf = std::mem::take(&mut self.buf);
+                let result = self.store_chunk_from(&buf);
+                self.buf = buf;
+                self.buf.clear();
+                result?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    fn store_chunk_from(&mut self, data: &[u8]) -> Result<(), Error> {
+        let inner = &self.store.inner;
+        let id = ChunkId::of(data);
+        {
+            let mut st = inner.write_state()?;
+            if st.chunks.contains_key(&id) {
+                st.pin(id);
+                drop(st);
+                self.pinned.push(id);
+                self.chunks.push(id);
+                bump(&inner.counters.chunks_deduplicated);
+                return Ok(());
+            }
+        }
+        let enc = encode_chunk(&id, data);
+        let mut st = inner.write_state()?;
+        if !st.chunks.contains_key(&id) {
+            let pos = inner.append(&mut st, &[&enc.head, data, &enc.trailer])?;
+            st.chunks.insert(
+                id,
+                ChunkEntry {
+                    segment: pos.segment,
+                    offset: pos.offset,
+                    payload_len: data.len() as u32,
+                    refcount: 0,
+                },
+            );
+            bump(&inner.counters.chunks_written);
+        } else {
+            bump(&inner.counters.chunks_deduplicated);
+        }
+        st.pin(id);
+        drop(st);
+        self.pinned.push(id);
+        self.chunks.push(id);
+        Ok(())
+    }
+
+    /// Stores the last chunk and the blob's state; returns once durable.
+    pub fn finish(mut self) -> Result<BlobRef, Error> {
+        if !self.buf.is_empty() {
+            let buf = std::mem::take(&mut self.buf);
+            self.store_chunk_from(&buf)?;
+        }
+        let inner = self.store.inner.clone();
+        let id = BlobId(*self.hasher.finalize().as_bytes());
+        let chunk_size = self.chunk_size as u32;
+        let now_ms = (inner.config.clock_ms)();
+        let (end, chunks) = {
+            let existing = inner.read_state()?.blobs.get(&id).copied();
+            // Same content cut with another chunk size (the config changed):
+            // keep the stored chunk list, so the blob has one definition.
+            let old_chunks = match existing {
+                Some(e) if e.chunk_size_bytes != chunk_size => Some(inner.manifest(&id, &e)?),
+                _ => None,
+            };
+            let mut st = inner.write_state()?;
+            let existing = st.blobs.get(&id).copied();
+            let state = match existing {
+                Some(e) => BlobState {
+                    refcount: e.refcount.checked_add(1).ok_or_else(|| {
+                        Error::InvalidInput(format!("blob {id} refcount overflow"))
+                    })?,
+                    chunk_size_bytes: e.chunk_size_bytes,
+                    size_bytes: e.size_bytes,
+                    created_ms: e.created_ms,
+                    chunks: match (&old_chunks, e.chunk_size_bytes == chunk_size) {
+                        (_, true) => self.chunks.clone(),
+                        (Some(c), false) => c.to_vec(),
+                        // The blob changed chunk size between our two looks;
+                        // retrying is the caller's business.
+                        (None, false) => {
+                            return Err(Error::InvalidInput(format!(
+                                "blob {id} changed concurrently"
+                            )))
+                        }
+                    },
+                },
+                None => BlobState {
+                    refcount: 1,
+                    chunk_size_bytes: chunk_size,
+                    size_bytes: self.size_bytes,
+                    created_ms: now_ms,
+                    chunks: self.chunks.clone(),
+                },
+            };
+            let bytes = state.encode_record(&id);
+            let pos = inner.append(&mut st, &[&bytes])?;
+            match existing {
+                None => {
+                    for c in &state.chunks {
+                        assert!(st.incref_chunk(c), "finished blob names unknown chunk {c}");
+                    }
+                }
+                Some(e) => st.sub_live(e.segment, u64::from(e.record_len)),
+            }
+            st.add_live(pos.segment, bytes.len() as u64);
+            st.blobs.insert(
+                id,
+                BlobEntry {
+                    segment: pos.segment,
+                    offset: pos.offset,
+                    record_len: bytes.len() as u32,
+                    chunk_size_bytes: state.chunk_size_bytes,
+                    size_bytes: state.size_bytes,
+                    created_ms: state.created_ms,
+                    chunk_count: state.chunks.len() as u32,
+                    refcount: state.refcount,
+                },
+            );
+            for c in self.pinned.drain(..) {
+                st.unpin(&c);
+            }
+            (
+                Pos {
+                    segment: pos.segment,
+                    offset: pos.offset + bytes.len() as u64,
+                },
+                state.chunks,
+            )
+        };
+        inner.wait_durable(end)?;
+        bump(&inner.counters.puts);
+        self.store.maybe_checkpoint();
+        Ok(BlobRef {
+            id,
+            size_bytes: self.size_bytes,
+            chunks,
+        })
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if self.pinned.is_empty() {
+            return;
+        }
+        if let Ok(mut st) = self.store.inner.state.write() {
+            for c in self.pinned.drain(..) {
+                st.unpin(&c);
+            }
+        }
+    }
+}
+
+/// Streams a byte range of a blob, one chunk's piece at a time; never holds
+/// more than one chunk.
+pub struct BlobRangeReader {
+    store: BlobStore,
+    chunks: Arc<Vec<ChunkId>>,
+    chunk_size_bytes: u64,
+    pos: u64,
+    end: u64,
+}
+
+impl std::fmt::Debug for BlobRangeReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobRangeReader")
+            .field("pos", &self.pos)
+            .field("end", &self.end)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlobRangeReader {
+    /// Bytes not yet yielded.
+    pub fn remaining_bytes(&self) -> u64 {
+        self.end - self.pos
+    }
+}
+
+impl Iterator for BlobRangeReader {
+    type Item = Result<Bytes, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.end {
+            return None;
+        }
+        let index = (self.pos / self.chunk_size_bytes) as usize;
+        let chunk_start = index as u64 * self.chunk_size_bytes;
+        let piece_end = self.end.min(chunk_start + self.chunk_size_bytes);
+        let Some(chunk) = self.chunks.get(index) else {
+            self.pos = self.end;
+            return Some(Err(Error::InvalidInput(
+                "range beyond the blob's chunk list".into(),
+            )));
+        };
+        let result = self.store.inner.read_chunk_range(
+            chunk,
+            (self.pos - chunk_start) as u32,
+            (piece_end - chunk_start) as u32,
+        );
+        match result {
+            Ok(bytes) => {
+                self.pos = piece_end;
+                Some(Ok(bytes))
+            }
+            Err(e) => {
+                // Stop after an error: a stream with a hole is never returned.
+                self.pos = self.end;
+                Some(Err(e))
+            }
+        }
+    }
+}
