@@ -92,6 +92,93 @@ pub fn assert_plan_invariants(p: &Plan, length_bytes: u64) {
     }
 }
 
+/// The fuzz target's body (`fuzz/fuzz_targets/range_header.rs`, replayed by
+/// `server/tests/fuzz_replay_range.rs`): decode `data` into a length, a
+/// method and request fields, plan the response and check every invariant.
+/// Panics on a violation; never on any input otherwise.
+///
+/// Layout of `data`: 8 bytes little-endian length (reduced below 4096 unless
+/// the lowest bit of the first byte is set, so small lengths are common),
+/// one method byte (even: GET, odd: HEAD), then lines separated by `\n`:
+/// `Range`, `If-Range`, `If-Match`, `If-None-Match`, `If-Modified-Since`,
+/// `If-Unmodified-Since`; an empty line sends no field, a line that is no
+/// valid header value is sent only to the raw Range parser.
+pub fn fuzz_range_input(data: &[u8]) {
+    let (len_bytes, rest) = data.split_at(data.len().min(8));
+    let mut raw = [0u8; 8];
+    raw[..len_bytes.len()].copy_from_slice(len_bytes);
+    let mut length_bytes = u64::from_le_bytes(raw);
+    if raw[0] & 1 == 0 {
+        length_bytes %= 4096;
+    }
+    let (method, rest) = match rest.split_first() {
+        Some((m, rest)) if m % 2 == 1 => (Method::HEAD, rest),
+        Some((_, rest)) => (Method::GET, rest),
+        None => (Method::GET, rest),
+    };
+    let names = [
+        header::RANGE,
+        header::IF_RANGE,
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+    ];
+    let mut headers = HeaderMap::new();
+    let mut lines = rest.split(|&b| b == b'\n');
+    let raw_range = lines.next().unwrap_or_default();
+    for (name, line) in names.iter().zip(std::iter::once(raw_range).chain(lines)) {
+        if line.is_empty() {
+            continue;
+        }
+        if let Ok(value) = ::http::HeaderValue::from_bytes(line) {
+            headers.append(name.clone(), value);
+        }
+    }
+
+    // The raw parser on arbitrary bytes.
+    let set = range::evaluate(raw_range, length_bytes);
+    let as_plan = match &set {
+        RangeSet::Ignore => Plan::Full,
+        RangeSet::Unsatisfiable => Plan::Unsatisfiable,
+        RangeSet::Single(r) => Plan::Partial(r.clone()),
+        RangeSet::Multi(rs) => Plan::Multipart(rs.clone()),
+    };
+    assert_plan_invariants(&as_plan, length_bytes);
+    // The unit is case-insensitive: upper-casing it changes nothing.
+    if raw_range.len() >= 5 && raw_range[..5].eq_ignore_ascii_case(b"bytes") {
+        let mut upper = raw_range.to_vec();
+        upper[..5].make_ascii_uppercase();
+        assert_eq!(
+            range::evaluate(&upper, length_bytes),
+            set,
+            "unit case changed the result"
+        );
+    }
+
+    let etag_opaque = [b'a'; 64];
+    let v = Validators {
+        etag_opaque: &etag_opaque,
+        last_modified_s: 1_704_164_645,
+    };
+    let p = plan(&method, &headers, &v, length_bytes);
+    assert_plan_invariants(&p, length_bytes);
+    if method == Method::HEAD {
+        assert!(
+            matches!(p, Plan::Full | Plan::NotModified | Plan::PreconditionFailed),
+            "HEAD must ignore Range, got {p:?}"
+        );
+    }
+    // Without conditional fields, the plan is exactly the parser's verdict.
+    if headers.len() == usize::from(headers.contains_key(header::RANGE)) && method == Method::GET {
+        if headers.contains_key(header::RANGE) {
+            assert_eq!(p, as_plan, "plan disagrees with the Range parser");
+        } else {
+            assert_eq!(p, Plan::Full);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
