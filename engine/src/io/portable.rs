@@ -1,5 +1,8 @@
 //! The portable backend: positional I/O and `fdatasync` through std, which on
 //! Linux are `pread`, `pwrite` and `fdatasync` on plain file descriptors.
+//!
+//! Invariant: names are checked with [`check_name`] before any path is
+//! built, so no call reaches outside the store's directory.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -15,9 +18,16 @@ pub struct PortableStorage {
 }
 
 impl PortableStorage {
-    /// Opens `dir`, creating it (and its parents) if needed.
+    /// Opens `dir`, creating it (and its parents) if needed. A directory it
+    /// creates is made durable in its parent, so a new store does not vanish
+    /// in a crash with the files synced into it.
     pub fn open(dir: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir)?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
         Ok(PortableStorage {
             dir: dir.to_path_buf(),
         })
