@@ -558,28 +558,83 @@ impl MetaStore {
         };
         let hlc = HlcGenerator::new(snap_hlc);
 
-        let mut segments = BTreeMap::new();
-        let mut last_lsn = snap_lsn;
-        let mut expected_base: Option<u64> = None;
-        let mut writer_pos: Option<(Arc<Segment>, u64)> = None;
-        if let Some(&first) = seg_bases.first() {
-            if first > snap_lsn + 1 {
-                return Err(Error::Corruption {
-                    file: segment_name(first),
-                    offset: 0,
-                    reason: format!("log starts after lsn {} of the snapshot", snap_lsn + 1),
-                });
-            }
-        }
+        // A segment file holding no record (at most a header) that is not
+        // the newest is left over from a rotation that failed or crashed
+        // half-way; the writer went on in the older segment, so it is
+        // removed. The newest one is kept only if the log continues there.
+        let mut files = Vec::with_capacity(seg_bases.len());
         for (i, &base) in seg_bases.iter().enumerate() {
             let name = segment_name(base);
-            let is_last = i + 1 == seg_bases.len();
             let file = storage
                 .open(&name, OpenMode::Existing)
                 .map_err(|e| Error::io("open log segment", &name, e))?;
             let len = file
                 .len()
                 .map_err(|e| Error::io("stat log segment", &name, e))?;
+            let empty = len <= SEGMENT_HEADER_BYTES as u64;
+            if empty && i + 1 < seg_bases.len() {
+                drop(file);
+                storage
+                    .remove(&name)
+                    .map_err(|e| Error::io("remove stray segment", &name, e))?;
+                removed_any = true;
+                continue;
+            }
+            files.push((base, name, file, len, empty));
+        }
+        let mut segments = BTreeMap::new();
+        let mut last_lsn = snap_lsn;
+        let mut expected_base: Option<u64> = None;
+        let mut writer_pos: Option<(Arc<Segment>, u64)> = None;
+        if let Some((first, name, ..)) = files.first() {
+            if *first > snap_lsn + 1 {
+                return Err(Error::Corruption {
+                    file: name.clone(),
+                    offset: 0,
+                    reason: format!("log starts after lsn {} of the snapshot", snap_lsn + 1),
+                });
+            }
+        }
+        let n_files = files.len();
+        let last_is_empty = files.last().is_some_and(|f| f.4);
+        for (i, (base, name, file, len, empty)) in files.into_iter().enumerate() {
+            let is_last = i + 1 == n_files;
+            // The newest segment with records may end in a torn write.
+            let is_tail = is_last || (last_is_empty && i + 2 == n_files);
+            if empty {
+                // The newest segment, without records.
+                if expected_base.is_some_and(|e| e != base) {
+                    drop(file);
+                    storage
+                        .remove(&name)
+                        .map_err(|e| Error::io("remove stray segment", &name, e))?;
+                    removed_any = true;
+                    continue;
+                }
+                let mut header = [0u8; SEGMENT_HEADER_BYTES];
+                let header_ok = len == SEGMENT_HEADER_BYTES as u64
+                    && file.read_exact_at(&mut header, 0).is_ok()
+                    && wal::decode_segment_header(&header) == Ok(base);
+                if !header_ok {
+                    // A crash while the segment was being created: write
+                    // its header again.
+                    file.set_len(0)
+                        .map_err(|e| Error::io("truncate log segment", &name, e))?;
+                    file.write_all_at(&wal::encode_segment_header(base), 0)
+                        .map_err(|e| Error::io("write segment header", &name, e))?;
+                    file.sync_data()
+                        .map_err(|e| Error::io("sync log segment", &name, e))?;
+                }
+                let seg = Arc::new(Segment {
+                    name,
+                    base_lsn: base,
+                    file,
+                    durable_end: AtomicU64::new(SEGMENT_HEADER_BYTES as u64),
+                });
+                segments.insert(base, seg.clone());
+                writer_pos = Some((seg, base));
+                continue;
+            }
             if let Some(exp) = expected_base {
                 if exp != base {
                     return Err(Error::Corruption {
@@ -589,45 +644,31 @@ impl MetaStore {
                     });
                 }
             }
-            let fully_snapshotted = seg_bases.get(i + 1).is_some_and(|&n| n <= snap_lsn + 1);
+            let next_base = seg_bases.iter().copied().find(|&b| b > base);
+            let fully_snapshotted = !is_tail && next_base.is_some_and(|n| n <= snap_lsn + 1);
             let mut header = [0u8; SEGMENT_HEADER_BYTES];
-            let header_ok = len >= SEGMENT_HEADER_BYTES as u64
-                && file.read_exact_at(&mut header, 0).is_ok()
+            let header_ok = file.read_exact_at(&mut header, 0).is_ok()
                 && wal::decode_segment_header(&header) == Ok(base);
             if !header_ok {
-                if is_last && len <= SEGMENT_HEADER_BYTES as u64 {
-                    // A crash while the segment was being created: it holds
-                    // no records, so write its header again.
-                    file.set_len(0)
-                        .map_err(|e| Error::io("truncate log segment", &name, e))?;
-                    file.write_all_at(&wal::encode_segment_header(base), 0)
-                        .map_err(|e| Error::io("write segment header", &name, e))?;
-                    file.sync_data()
-                        .map_err(|e| Error::io("sync log segment", &name, e))?;
-                } else {
-                    return Err(Error::Corruption {
-                        file: name,
-                        offset: 0,
-                        reason: "bad segment header".into(),
-                    });
-                }
+                return Err(Error::Corruption {
+                    file: name,
+                    offset: 0,
+                    reason: "bad segment header".into(),
+                });
             }
             let end;
             if fully_snapshotted {
                 end = len;
-                expected_base = seg_bases.get(i + 1).copied();
+                expected_base = next_base;
             } else {
                 let len_usize = usize::try_from(len).map_err(|_| Error::Corruption {
                     file: name.clone(),
                     offset: 0,
                     reason: "segment larger than memory".into(),
                 })?;
-                let data = if header_ok {
-                    file.read_bytes_at(0, len_usize)
-                        .map_err(|e| Error::io("read log segment", &name, e))?
-                } else {
-                    Bytes::from(wal::encode_segment_header(base).to_vec())
-                };
+                let data = file
+                    .read_bytes_at(0, len_usize)
+                    .map_err(|e| Error::io("read log segment", &name, e))?;
                 let scan = scan_segment_bytes(&data);
                 let mut seg_next = base;
                 for rec in &scan.records {
@@ -650,7 +691,7 @@ impl MetaStore {
                 }
                 if let Some(err) = &scan.stopped {
                     let bad_at = scan.valid_end as usize;
-                    let torn = is_last
+                    let torn = is_tail
                         && valid_record_after(&data, bad_at, seg_next.saturating_sub(1)).is_none();
                     if !torn {
                         return Err(Error::Corruption {
@@ -669,28 +710,27 @@ impl MetaStore {
                 }
                 end = scan.valid_end;
                 expected_base = Some(seg_next);
-                if is_last {
-                    writer_pos = Some((
-                        Arc::new(Segment {
-                            name: name.clone(),
-                            base_lsn: base,
-                            file: file.clone(),
-                            durable_end: AtomicU64::new(end),
-                        }),
-                        seg_next,
-                    ));
+                if is_tail {
+                    let seg = Arc::new(Segment {
+                        name: name.clone(),
+                        base_lsn: base,
+                        file: file.clone(),
+                        durable_end: AtomicU64::new(end),
+                    });
+                    segments.insert(base, seg.clone());
+                    writer_pos = Some((seg, seg_next));
+                    continue;
                 }
             }
-            let seg = match (&writer_pos, is_last) {
-                (Some((s, _)), true) => s.clone(),
-                _ => Arc::new(Segment {
+            segments.insert(
+                base,
+                Arc::new(Segment {
                     name,
                     base_lsn: base,
                     file,
                     durable_end: AtomicU64::new(end),
                 }),
-            };
-            segments.insert(base, seg);
+            );
         }
         if last_lsn < snap_lsn {
             last_lsn = snap_lsn;
@@ -1311,15 +1351,29 @@ fn create_segment(storage: &dyn Storage, base_lsn: u64) -> Result<Arc<Segment>, 
     let file = storage
         .open(&name, OpenMode::CreateOrOpen)
         .map_err(|e| Error::io("create log segment", &name, e))?;
-    file.set_len(0)
-        .map_err(|e| Error::io("truncate log segment", &name, e))?;
-    file.write_all_at(&wal::encode_segment_header(base_lsn), 0)
-        .map_err(|e| Error::io("write segment header", &name, e))?;
-    file.sync_data()
-        .map_err(|e| Error::io("sync log segment", &name, e))?;
-    storage
-        .sync_dir()
-        .map_err(|e| Error::io("sync directory", &name, e))?;
+    let result = file
+        .set_len(0)
+        .map_err(|e| Error::io("truncate log segment", &name, e))
+        .and_then(|()| {
+            file.write_all_at(&wal::encode_segment_header(base_lsn), 0)
+                .map_err(|e| Error::io("write segment header", &name, e))
+        })
+        .and_then(|()| {
+            file.sync_data()
+                .map_err(|e| Error::io("sync log segment", &name, e))
+        })
+        .and_then(|()| {
+            storage
+                .sync_dir()
+                .map_err(|e| Error::io("sync directory", &name, e))
+        });
+    if let Err(e) = result {
+        // Leave no half-made segment behind if possible; recovery removes
+        // one that survives anyway (it holds no records).
+        drop(file);
+        let _ = storage.remove(&name);
+        return Err(e);
+    }
     Ok(Arc::new(Segment {
         name,
         base_lsn,
