@@ -474,6 +474,88 @@ impl StorageFile for UringFile {
 mod tests {
     use super::*;
 
+    /// io_uring where the kernel allows it; tests print and skip otherwise.
+    fn uring_available() -> bool {
+        match probe_kernel() {
+            Ok(()) => true,
+            Err(error) => {
+                println!("skipping: io_uring unavailable: {error}");
+                false
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_entry_reports_its_errno_and_the_ring_stays_usable() {
+        if !uring_available() {
+            return;
+        }
+        let mut buf = [0u8; 8];
+        let bad = transfer_one(-1, Direction::Read, buf.as_mut_ptr(), buf.len(), 0);
+        assert_eq!(bad.unwrap_err().raw_os_error(), Some(libc::EBADF));
+
+        // One bad entry in a batch fails alone; the others complete.
+        let results = with_ring(|ring| {
+            let entries = [
+                opcode::Nop::new().build().user_data(0),
+                Piece {
+                    addr: buf.as_mut_ptr(),
+                    len: buf.len(),
+                    offset: 0,
+                }
+                .entry(-1, Direction::Read, 1),
+                opcode::Nop::new().build().user_data(2),
+            ];
+            let mut results = [1i32; 3];
+            run_batch(ring, &entries, &mut results)?;
+            Ok(results)
+        })
+        .unwrap();
+        assert_eq!(results, [0, -libc::EBADF, 0]);
+
+        // The thread's ring still works for real I/O.
+        let dir = tempfile::tempdir().unwrap();
+        let storage = UringStorage::open(dir.path()).unwrap();
+        let file = storage.open("f", OpenMode::CreateNew).unwrap();
+        file.write_all_at(b"still fine", 0).unwrap();
+        file.sync_data().unwrap();
+        file.read_exact_at(&mut buf, 2).unwrap();
+        assert_eq!(&buf, b"ill fine");
+    }
+
+    #[test]
+    fn completions_are_matched_to_their_entries() {
+        if !uring_available() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let storage = UringStorage::open(dir.path()).unwrap();
+        let file = storage.open("f", OpenMode::CreateNew).unwrap();
+        let data: Vec<u8> = (0..=255u8).cycle().take(64 * 1024).collect();
+        file.write_all_at(&data, 0).unwrap();
+        // A full batch of reads of different sizes and places: each lands in
+        // its own buffer, whatever order the completions arrive in.
+        let mut bufs: Vec<Vec<u8>> = (0..RING_ENTRIES as usize)
+            .map(|i| vec![0u8; 1 + i * 13])
+            .collect();
+        let offsets: Vec<u64> = (0..bufs.len()).map(|i| (i * 997) as u64).collect();
+        let pieces: Vec<Piece> = bufs
+            .iter_mut()
+            .zip(&offsets)
+            .map(|(buf, &offset)| Piece {
+                addr: buf.as_mut_ptr(),
+                len: buf.len(),
+                offset,
+            })
+            .collect();
+        let reader = File::open(dir.path().join("f")).unwrap();
+        transfer(reader.as_raw_fd(), Direction::Read, pieces).unwrap();
+        for (buf, &offset) in bufs.iter().zip(&offsets) {
+            let start = offset as usize;
+            assert_eq!(&buf[..], &data[start..start + buf.len()]);
+        }
+    }
+
     #[test]
     fn split_into_caps_pieces_and_keeps_them_contiguous() {
         let mut buf = vec![0u8; 8];
