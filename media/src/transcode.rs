@@ -25,8 +25,9 @@ use crate::{Limits, MediaError, Source, Tier, OUTPUT_RATE_HZ};
 
 /// Frames per block sent to the encoders (about 93 ms at 44.1 kHz).
 const BLOCK_FRAMES: usize = 4096;
-/// Bytes sniffed from the start to name the container in messages.
-const HEAD_BYTES: usize = 16;
+/// Bytes read from the start to name the container and check a RIFF/AIFF chunk table
+/// before symphonia sees it.
+const HEAD_BYTES: usize = 64 * 1024;
 
 /// Where the three tiers go. Each sink receives a complete Ogg Vorbis stream.
 pub struct TierSinks<'a> {
@@ -147,6 +148,7 @@ fn open<R: Source>(
         .read_to_end(&mut head)
         .map_err(io_err)?;
     let tag_info = read_tags(&mut source, file_name_hint).map_err(io_err)?;
+    check_pcm_chunks(&head, len_bytes)?;
     source.seek(SeekFrom::Start(0)).map_err(io_err)?;
     let adapter: Box<dyn MediaSource> = Box::new(SourceAdapter {
         inner: source,
@@ -155,6 +157,54 @@ fn open<R: Source>(
     let stream = DecodeStream::open(adapter, &head)?;
     check_header_claims(&stream.info, len_bytes)?;
     Ok((stream, tag_info, len_bytes))
+}
+
+/// Walks the chunk table of a WAV (RIFF) or AIFF (FORM) file in its first bytes: an audio
+/// chunk ("data", "SSND") that claims to run past the end of the file is refused with the
+/// sizes, whatever else is wrong with the header (symphonia would only say "malformed").
+fn check_pcm_chunks(head: &[u8], len_bytes: u64) -> Result<(), MediaError> {
+    let (format, audio_id, big_endian): (&'static str, &[u8; 4], bool) = if head.len() >= 12
+        && (head.starts_with(b"RIFF") || head.starts_with(b"RF64"))
+        && &head[8..12] == b"WAVE"
+    {
+        ("WAV", b"data", false)
+    } else if head.len() >= 12
+        && head.starts_with(b"FORM")
+        && (&head[8..12] == b"AIFF" || &head[8..12] == b"AIFC")
+    {
+        ("AIFF", b"SSND", true)
+    } else {
+        return Ok(());
+    };
+    let mut pos = 12usize;
+    // Bounded by the head's length: each step advances at least 8 bytes.
+    while pos + 8 <= head.len() {
+        let id = &head[pos..pos + 4];
+        let size_bytes = [head[pos + 4], head[pos + 5], head[pos + 6], head[pos + 7]];
+        let size = u64::from(if big_endian {
+            u32::from_be_bytes(size_bytes)
+        } else {
+            u32::from_le_bytes(size_bytes)
+        });
+        let body_start = pos as u64 + 8;
+        if id == audio_id {
+            // RF64 puts 0xFFFFFFFF here and the real size in "ds64"; symphonia checks that.
+            if size != u64::from(u32::MAX) && body_start + size > len_bytes {
+                return Err(MediaError::HeaderLies {
+                    format,
+                    claimed_bytes: size,
+                    actual_bytes: len_bytes,
+                });
+            }
+            return Ok(());
+        }
+        let next = body_start + size + (size & 1);
+        if next > len_bytes || next > head.len() as u64 {
+            return Ok(());
+        }
+        pos = next as usize;
+    }
+    Ok(())
 }
 
 /// A PCM header (WAV/AIFF) that declares more data than the file holds is refused before
