@@ -464,7 +464,12 @@ impl Queue {
             }
             candidates.sort_by_key(|c| (c.1, c.2));
             candidates.truncate(LEASE_CANDIDATES);
-            let (expired, at_ms, id) = candidates[(spread + round) % candidates.len()];
+            let (expired, at_ms, id) = candidates[if round == 0 {
+                // Oldest first; after losing a race, spread out.
+                0
+            } else {
+                (spread + round) % candidates.len()
+            }];
             let Some((old_bytes, job)) = self.load(id)? else {
                 continue;
             };
