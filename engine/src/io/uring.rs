@@ -7,8 +7,9 @@
 //! operation is synchronous to its caller: it pushes its entries, submits
 //! them with one `io_uring_enter` and waits for all their completions before
 //! returning. [`StorageFile::write_all_vectored_at`] submits all its buffers
-//! as one batch (up to [`RING_ENTRIES`] entries per submission), so a segment
-//! record's header, payload and trailer cost one system call.
+//! in one submission, as one `IORING_OP_WRITEV` entry per run of up to 1024
+//! buffers, so a segment record's header, payload and trailer cost one
+//! system call and one vectored write in the kernel.
 //!
 //! Directory operations (`open`, `rename`, `remove`, `list`, `sync_dir`) and
 //! the metadata calls `len` and `set_len` use ordinary std calls: they are
@@ -85,6 +86,7 @@ fn probe_kernel() -> io::Result<()> {
         for (code, name) in [
             (opcode::Read::CODE, "read"),
             (opcode::Write::CODE, "write"),
+            (opcode::Writev::CODE, "writev"),
             (opcode::Fsync::CODE, "fsync"),
             (opcode::Nop::CODE, "nop"),
         ] {
@@ -383,6 +385,141 @@ fn transfer(fd: RawFd, direction: Direction, mut pending: Vec<Piece>) -> io::Res
     })
 }
 
+/// The most buffers one `IORING_OP_WRITEV` entry takes (Linux's `UIO_MAXIOV`).
+const IOVECS_PER_ENTRY_MAX: usize = 1024;
+
+/// A run of consecutive iovecs that one `IORING_OP_WRITEV` entry writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    first: usize,
+    count: usize,
+    offset: u64,
+    len: usize,
+}
+
+/// Lays `bufs` out as iovecs in runs of at most [`IOVECS_PER_ENTRY_MAX`]
+/// buffers and [`OP_BYTES_MAX`] bytes, back to back from `offset`.
+fn plan_runs(bufs: &[&[u8]], offset: u64) -> (Vec<libc::iovec>, Vec<Run>) {
+    let mut iovecs = Vec::with_capacity(bufs.len());
+    let mut runs = Vec::new();
+    let mut run = Run {
+        first: 0,
+        count: 0,
+        offset,
+        len: 0,
+    };
+    let mut at = offset;
+    for buf in bufs {
+        let mut done = 0usize;
+        while done < buf.len() {
+            if run.count == IOVECS_PER_ENTRY_MAX || run.len == OP_BYTES_MAX {
+                runs.push(run);
+                run = Run {
+                    first: iovecs.len(),
+                    count: 0,
+                    offset: at,
+                    len: 0,
+                };
+            }
+            let part = (buf.len() - done).min(OP_BYTES_MAX - run.len);
+            iovecs.push(libc::iovec {
+                // The kernel only reads through it (IORING_OP_WRITEV).
+                iov_base: buf.as_ptr().wrapping_add(done).cast_mut().cast(),
+                iov_len: part,
+            });
+            run.count += 1;
+            run.len += part;
+            done += part;
+            at += part as u64;
+        }
+    }
+    if run.count > 0 {
+        runs.push(run);
+    }
+    (iovecs, runs)
+}
+
+/// Moves `run` past the first `written` bytes after a short write.
+fn advance_run(run: &mut Run, iovecs: &mut [libc::iovec], written: usize) {
+    assert!(written < run.len);
+    run.offset += written as u64;
+    run.len -= written;
+    let mut skip = written;
+    while skip > 0 {
+        let iov = &mut iovecs[run.first];
+        if skip >= iov.iov_len {
+            skip -= iov.iov_len;
+            run.first += 1;
+            run.count -= 1;
+        } else {
+            iov.iov_base = iov.iov_base.cast::<u8>().wrapping_add(skip).cast();
+            iov.iov_len -= skip;
+            skip = 0;
+        }
+    }
+}
+
+/// Writes `bufs` back to back from `offset` with one `IORING_OP_WRITEV`
+/// entry per run of buffers (usually one), every run in one submission:
+/// the kernel does one vectored write, as `pwritev` would, instead of
+/// several writes racing for the file's lock. Short writes are resubmitted
+/// from where they stopped.
+fn write_vectored(fd: RawFd, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+    let (mut iovecs, mut pending) = plan_runs(bufs, offset);
+    with_ring(|ring| {
+        let mut entries = Vec::with_capacity(pending.len().min(RING_ENTRIES as usize));
+        let mut results = Vec::with_capacity(entries.capacity());
+        let mut rest = Vec::new();
+        while !pending.is_empty() {
+            let mut first_error: Option<io::Error> = None;
+            for batch in pending.chunks(RING_ENTRIES as usize) {
+                entries.clear();
+                entries.extend(batch.iter().enumerate().map(|(i, run)| {
+                    // plan_runs keeps `count` within IOVECS_PER_ENTRY_MAX.
+                    let iov = iovecs[run.first..].as_ptr();
+                    opcode::Writev::new(types::Fd(fd), iov, run.count as u32)
+                        .offset(run.offset)
+                        .build()
+                        .user_data(i as u64)
+                }));
+                results.clear();
+                results.resize(entries.len(), 0);
+                // The iovecs and the buffers they point to stay put until
+                // run_batch has seen every entry complete.
+                run_batch(ring, &entries, &mut results)?;
+                for (run, &result) in batch.iter().zip(&results) {
+                    match usize::try_from(result) {
+                        Err(_) => {
+                            first_error.get_or_insert(io::Error::from_raw_os_error(-result));
+                        }
+                        Ok(0) => {
+                            first_error.get_or_insert(io::Error::new(
+                                io::ErrorKind::WriteZero,
+                                "failed to write whole buffer",
+                            ));
+                        }
+                        Ok(written) if written >= run.len => {}
+                        Ok(written) => {
+                            let mut remainder = *run;
+                            advance_run(&mut remainder, &mut iovecs, written);
+                            rest.push(remainder);
+                        }
+                    }
+                }
+                if first_error.is_some() {
+                    break;
+                }
+            }
+            if let Some(error) = first_error {
+                return Err(RingError::Op(error));
+            }
+            std::mem::swap(&mut pending, &mut rest);
+            rest.clear();
+        }
+        Ok(())
+    })
+}
+
 impl Storage for UringStorage {
     fn open(&self, name: &str, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
         Ok(Arc::new(UringFile {
@@ -436,14 +573,11 @@ impl StorageFile for UringFile {
     }
 
     fn write_all_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
-        let mut pieces = Vec::with_capacity(bufs.len());
-        let mut at = offset;
-        for buf in bufs {
-            // As in write_all_at, the kernel only reads through it.
-            split_into(&mut pieces, buf.as_ptr().cast_mut(), buf.len(), at);
-            at += buf.len() as u64;
+        match bufs {
+            [] => Ok(()),
+            [one] => self.write_all_at(one, offset),
+            _ => write_vectored(self.file.as_raw_fd(), bufs, offset),
         }
-        transfer(self.file.as_raw_fd(), Direction::Write, pieces)
     }
 
     fn len(&self) -> io::Result<u64> {
@@ -554,6 +688,63 @@ mod tests {
             let start = offset as usize;
             assert_eq!(&buf[..], &data[start..start + buf.len()]);
         }
+    }
+
+    #[test]
+    fn runs_cap_buffers_and_bytes_and_advance_over_short_writes() {
+        let small = [7u8; 10];
+        let bufs: Vec<&[u8]> = (0..IOVECS_PER_ENTRY_MAX + 3).map(|_| &small[..]).collect();
+        let (iovecs, runs) = plan_runs(&bufs, 100);
+        assert_eq!(iovecs.len(), bufs.len());
+        let max = IOVECS_PER_ENTRY_MAX;
+        assert_eq!(
+            runs,
+            [
+                Run {
+                    first: 0,
+                    count: max,
+                    offset: 100,
+                    len: 10 * max
+                },
+                Run {
+                    first: max,
+                    count: 3,
+                    offset: 100 + 10 * max as u64,
+                    len: 30
+                },
+            ]
+        );
+        let empty: [&[u8]; 2] = [&[], &[]];
+        assert_eq!(plan_runs(&empty, 0).1, []);
+
+        // Three buffers; a short write of 13 bytes ends inside the second.
+        let (a, b, c) = ([1u8; 10], [2u8; 10], [3u8; 10]);
+        let (mut iovecs, runs) = plan_runs(&[&a, &b, &c], 0);
+        let mut run = runs[0];
+        advance_run(&mut run, &mut iovecs, 13);
+        assert_eq!(
+            run,
+            Run {
+                first: 1,
+                count: 2,
+                offset: 13,
+                len: 17
+            }
+        );
+        assert_eq!(iovecs[1].iov_len, 7);
+        assert_eq!(iovecs[1].iov_base as usize, b.as_ptr() as usize + 3);
+        // Then exactly to the end of the second.
+        advance_run(&mut run, &mut iovecs, 7);
+        assert_eq!(
+            run,
+            Run {
+                first: 2,
+                count: 1,
+                offset: 20,
+                len: 10
+            }
+        );
+        assert_eq!(iovecs[2].iov_base as usize, c.as_ptr() as usize);
     }
 
     #[test]
