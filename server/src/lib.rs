@@ -1,8 +1,24 @@
 //! spindle-server: the hyper origin (uploads, blob range serving, catalog,
 //! search, charts, metrics). The only crate that knows HTTP and JSON.
 //!
-//! - [`error`]: the one mapping from errors to JSON responses.
+//! - [`serve`]: runtime, listener, TLS ([`tls`]), connection limits and
+//!   timeouts, graceful shutdown; [`config`] resolves its settings.
+//! - [`app`]: the opened stores, routing and the small routes; [`upload`]:
+//!   `POST /v1/tracks` with its claim-check commit; [`track`]: the track
+//!   record and keyspaces.
 //! - [`http`]: RFC 9110 blob serving and the response [`http::Body`] type.
+//! - [`error`]: the one mapping from errors to JSON responses.
+//! - [`tokens`]: bearer tokens; [`metrics`]: Prometheus counters;
+//!   [`sniff`]: media type sniffing.
 
+pub mod app;
+pub mod config;
 pub mod error;
 pub mod http;
+pub mod metrics;
+pub mod serve;
+pub mod sniff;
+pub mod tls;
+pub mod tokens;
+pub mod track;
+pub mod upload;

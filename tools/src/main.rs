@@ -1,5 +1,130 @@
 //! The `spindle` binary. Subcommands are added as the layers under them land.
+//!
+//! `spindle serve` resolves its settings from, in decreasing precedence:
+//! command-line flags, `SPINDLE_*` environment variables, the TOML file named
+//! by `--config` (or `SPINDLE_CONFIG`), and the built-in defaults (see
+//! `spindle_server::config`). Logs go to stderr (`RUST_LOG` filters them,
+//! default `info`); stdout carries only `listening on http://ADDR`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use spindle_server::config::{config_path_from_env, ConfigLayer, ServeConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "spindle",
+    version,
+    about = "A self-hosted music and audio platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP origin: uploads, streaming, metrics.
+    Serve(ServeArgs),
+}
+
+/// Flags of `spindle serve`; each overrides `SPINDLE_<NAME>` and the file.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML config file (also `SPINDLE_CONFIG`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080]; port 0 picks one.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Data directory [default: ./spindle-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Largest accepted upload [default: 2147483648].
+    #[arg(long, value_name = "BYTES")]
+    upload_limit_bytes: Option<u64>,
+    /// PEM certificate chain; TLS is on when set with --tls-key.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Runtime worker threads; 0 = one per core, 1 = current-thread runtime.
+    #[arg(long, value_name = "N")]
+    worker_threads: Option<u32>,
+    /// Connections served at once [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<u32>,
+    /// Time allowed for a request head [default: 10000].
+    #[arg(long, value_name = "MS")]
+    header_read_timeout_ms: Option<u64>,
+    /// Longest gap between pieces of a request body [default: 30000].
+    #[arg(long, value_name = "MS")]
+    body_read_timeout_ms: Option<u64>,
+    /// Close connections idle this long [default: 60000].
+    #[arg(long, value_name = "MS")]
+    idle_timeout_ms: Option<u64>,
+    /// Most header fields per request [default: 100].
+    #[arg(long, value_name = "N")]
+    max_header_count: Option<u32>,
+    /// Most header bytes per request [default: 16384].
+    #[arg(long, value_name = "BYTES")]
+    max_header_bytes: Option<u32>,
+    /// How long shutdown waits for in-flight requests [default: 10000].
+    #[arg(long, value_name = "MS")]
+    shutdown_grace_ms: Option<u64>,
+    /// Storage backend: auto, portable or uring [default: auto].
+    #[arg(long, value_name = "BACKEND")]
+    io_backend: Option<String>,
+}
+
+impl ServeArgs {
+    fn layer(&self) -> ConfigLayer {
+        ConfigLayer {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            upload_limit_bytes: self.upload_limit_bytes,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            worker_threads: self.worker_threads,
+            max_connections: self.max_connections,
+            header_read_timeout_ms: self.header_read_timeout_ms,
+            body_read_timeout_ms: self.body_read_timeout_ms,
+            idle_timeout_ms: self.idle_timeout_ms,
+            max_header_count: self.max_header_count,
+            max_header_bytes: self.max_header_bytes,
+            shutdown_grace_ms: self.shutdown_grace_ms,
+            io_backend: self.io_backend.clone(),
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let file = match args
+        .config
+        .clone()
+        .or_else(|| config_path_from_env(env.clone()))
+    {
+        Some(path) => ConfigLayer::from_file(&path)?,
+        None => ConfigLayer::default(),
+    };
+    let env_layer = ConfigLayer::from_env(env)?;
+    let config = ServeConfig::resolve(args.layer().over(env_layer.over(file)))?;
+    spindle_server::serve::run_blocking(config).context("spindle serve")?;
+    Ok(())
+}
 
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("spindle: no subcommands yet")
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+    }
 }

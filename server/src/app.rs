@@ -1,0 +1,649 @@
+//! The application: open stores, routing, and every route but blob serving
+//! (in [`crate::http`]) and uploads (in [`crate::upload`]).
+//!
+//! [`App::handle`] is the one entry point hyper calls. It never fails: every
+//! error becomes a response through [`ApiError::into_response`], and every
+//! response is counted in [`Metrics`] under its [`Route`].
+//!
+//! **Boundary:** engine calls block. Lookups answered from memory (`meta.get`,
+//! `blob.stat`) run inline; anything that may sync or read many bytes
+//! (commits, deletes, uploads, compaction) runs on the blocking pool.
+//! **Invariant:** no request body is read beyond a bound: uploads by the
+//! upload limit, every other route by [`SMALL_BODY_LIMIT_BYTES`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use spindle_engine::blob::{BlobConfig, BlobId, BlobStore};
+use spindle_engine::clock::SystemClock;
+use spindle_engine::io::open_storage;
+use spindle_engine::meta::{Batch, MetaConfig, MetaStore};
+use spindle_engine::queue::{Queue, QueueConfig};
+
+use crate::config::ServeConfig;
+use crate::error::ApiError;
+use crate::http::body::Body;
+use crate::metrics::{self, Metrics, Route};
+use crate::tokens::{NewTokens, Role, Tokens};
+use crate::track::{
+    is_track_id, Track, BLOB_META_KEYSPACE, QUALITIES, TRACKS_KEYSPACE, TRANSCODE_QUEUE,
+};
+
+/// Bound on the request body of every route but uploads.
+pub const SMALL_BODY_LIMIT_BYTES: u64 = 64 * 1024;
+
+/// Failures opening the application.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create or open {path}: {source}")]
+    Dir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("blob store: {0}")]
+    Blob(#[from] spindle_engine::blob::Error),
+    #[error("metadata store: {0}")]
+    Meta(#[from] spindle_engine::meta::Error),
+    #[error("tokens: {0}")]
+    Tokens(#[from] crate::tokens::TokenError),
+}
+
+/// Everything a request handler needs. Shared by all connections.
+pub struct App {
+    pub config: ServeConfig,
+    pub blobs: BlobStore,
+    pub meta: MetaStore,
+    pub queue: Queue,
+    pub tokens: Tokens,
+    pub metrics: Metrics,
+    /// False until serving starts and again once shutdown begins.
+    pub ready: AtomicBool,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Opens the stores under `config.data_dir` (`blobs/`, `meta/`), the
+    /// transcode queue and the tokens (creating them on first start: the
+    /// plain tokens are returned then).
+    pub fn open(config: ServeConfig) -> Result<(App, Option<NewTokens>), OpenError> {
+        let dir_err = |path: &std::path::Path| {
+            let path = path.display().to_string();
+            move |source| OpenError::Dir { path, source }
+        };
+        std::fs::create_dir_all(&config.data_dir).map_err(dir_err(&config.data_dir))?;
+        let blob_dir = config.data_dir.join("blobs");
+        let meta_dir = config.data_dir.join("meta");
+        let blob_storage =
+            open_storage(&blob_dir, config.io_backend).map_err(dir_err(&blob_dir))?;
+        let meta_storage =
+            open_storage(&meta_dir, config.io_backend).map_err(dir_err(&meta_dir))?;
+        let blobs = BlobStore::open(blob_storage, BlobConfig::default())?;
+        let meta = MetaStore::open(meta_storage, MetaConfig::default(), Arc::new(SystemClock))?;
+        let queue = Queue::new(&meta, TRANSCODE_QUEUE, QueueConfig::default())?;
+        let (tokens, new_tokens) = Tokens::load_or_create(&meta, &config.tokens_path())?;
+        let app = App {
+            config,
+            blobs,
+            meta,
+            queue,
+            tokens,
+            metrics: Metrics::default(),
+            ready: AtomicBool::new(false),
+        };
+        Ok((app, new_tokens))
+    }
+
+    /// Answers one request. Never fails; see the module doc.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let (route, response) = self.route(req).await;
+        let body_bytes = response.body().size_hint().exact().unwrap_or(0);
+        self.metrics.record(
+            route,
+            response.status().as_u16(),
+            started.elapsed(),
+            body_bytes,
+        );
+        response
+    }
+
+    async fn route(self: &Arc<Self>, req: Request<Incoming>) -> (Route, Response<Body>) {
+        if let Err(e) = self.check_head(req.headers()) {
+            return (Route::Unmatched, e.into_response());
+        }
+        let path = req.uri().path();
+        // The hot path first: blob serving.
+        if let Some(id) = path.strip_prefix("/v1/blobs/") {
+            let response = match check_small_body(&req) {
+                Err(e) => e.into_response(),
+                Ok(()) => {
+                    let media_type = self.media_type(id);
+                    crate::http::serve_blob(
+                        &self.blobs,
+                        id,
+                        &media_type,
+                        req.method(),
+                        req.headers(),
+                    )
+                    .await
+                }
+            };
+            return (Route::Blob, response);
+        }
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        let (route, allow): (Route, &'static str) = match segments.as_slice() {
+            ["healthz"] => (Route::Healthz, "GET, HEAD"),
+            ["readyz"] => (Route::Readyz, "GET, HEAD"),
+            ["metrics"] => (Route::Metrics, "GET, HEAD"),
+            ["v1", "tracks"] => (Route::TrackCreate, "POST"),
+            ["v1", "tracks", _] => match *req.method() {
+                Method::DELETE => (Route::TrackDelete, "GET, HEAD, DELETE"),
+                _ => (Route::TrackGet, "GET, HEAD, DELETE"),
+            },
+            ["v1", "tracks", _, "stream"] => (Route::TrackStream, "GET, HEAD"),
+            ["v1", "admin", "stats"] => (Route::Admin, "GET, HEAD"),
+            ["v1", "admin", "compact"] => (Route::Admin, "POST"),
+            _ => {
+                let e = ApiError::NoRoute {
+                    path: path.chars().take(256).collect(),
+                };
+                return (Route::Unmatched, e.into_response());
+            }
+        };
+        let method_ok = allow.split(", ").any(|m| m == req.method().as_str());
+        if !method_ok {
+            let e = ApiError::MethodNotAllowed {
+                method: req.method().as_str().chars().take(32).collect(),
+                allow,
+            };
+            return (route, e.into_response());
+        }
+        let id = segments.get(2).copied().unwrap_or("").to_owned();
+        let result = match (route, segments.get(2)) {
+            (Route::TrackCreate, _) => crate::upload::create_track(self.clone(), req).await,
+            (Route::Healthz | Route::Readyz | Route::Metrics, _) | (Route::Admin, _) => {
+                match check_small_body(&req) {
+                    Err(e) => Err(e),
+                    Ok(()) => self.plain_route(route, &segments, &req).await,
+                }
+            }
+            _ => match check_small_body(&req) {
+                Err(e) => Err(e),
+                Ok(()) => match route {
+                    Route::TrackGet => self.get_track(&id),
+                    Route::TrackDelete => self.delete_track(&id, req.headers()).await,
+                    Route::TrackStream => self.stream_track(&id, req.uri().query()),
+                    _ => Err(ApiError::Internal {
+                        message: "route table and dispatch disagree".into(),
+                    }),
+                },
+            },
+        };
+        (route, result.unwrap_or_else(ApiError::into_response))
+    }
+
+    async fn plain_route(
+        self: &Arc<Self>,
+        route: Route,
+        segments: &[&str],
+        req: &Request<Incoming>,
+    ) -> Result<Response<Body>, ApiError> {
+        match route {
+            Route::Healthz => Ok(text_response(StatusCode::OK, "ok\n")),
+            Route::Readyz => {
+                if self.ready.load(Ordering::Acquire) && !self.meta.is_poisoned() {
+                    Ok(text_response(StatusCode::OK, "ready\n"))
+                } else {
+                    Err(ApiError::Unavailable {
+                        reason: "starting, shutting down or storage poisoned",
+                    })
+                }
+            }
+            Route::Metrics => {
+                let text = self.render_metrics();
+                let mut r = Response::new(Body::full(Bytes::from(text)));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                Ok(r)
+            }
+            Route::Admin => {
+                self.tokens.authorize(req.headers(), &[])?;
+                if segments.last() == Some(&"compact") {
+                    let app = self.clone();
+                    let report = tokio::task::spawn_blocking(move || app.blobs.compact())
+                        .await
+                        .map_err(join_error)?
+                        .map_err(|e| ApiError::storage("compacting the blob store", e))?;
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &serde_json::json!({
+                            "segments_removed": report.segments_removed.len(),
+                            "records_copied": report.records_copied,
+                            "bytes_copied": report.bytes_copied,
+                            "bytes_reclaimed": report.bytes_reclaimed,
+                        }),
+                    ))
+                } else {
+                    Ok(json_response(StatusCode::OK, &self.stats_json()))
+                }
+            }
+            _ => Err(ApiError::Internal {
+                message: "route table and dispatch disagree".into(),
+            }),
+        }
+    }
+
+    /// 431 for a request head with too many or too large header fields
+    /// (hyper's own buffer limit catches heads far beyond this).
+    fn check_head(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let count = headers.len();
+        if count > self.config.max_header_count as usize {
+            return Err(ApiError::HeadersTooLarge {
+                message: format!(
+                    "{count} header fields, more than the limit of {}",
+                    self.config.max_header_count
+                ),
+            });
+        }
+        let bytes: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        if bytes > self.config.max_header_bytes as usize {
+            return Err(ApiError::HeadersTooLarge {
+                message: format!(
+                    "{bytes} bytes of header fields, more than the limit of {}",
+                    self.config.max_header_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The stored media type of blob `id` (octet-stream if unknown or the id
+    /// is malformed; the blob handler answers 404 for those anyway).
+    fn media_type(&self, id: &str) -> std::borrow::Cow<'static, str> {
+        let fallback = std::borrow::Cow::Borrowed("application/octet-stream");
+        let Ok(blob_id) = id.parse::<BlobId>() else {
+            return fallback;
+        };
+        match self.meta.get(BLOB_META_KEYSPACE, &blob_id.0) {
+            Ok(Some(v)) => match std::str::from_utf8(&v) {
+                Ok(s) => std::borrow::Cow::Owned(s.to_owned()),
+                Err(_) => fallback,
+            },
+            _ => fallback,
+        }
+    }
+
+    /// The stored track `id`.
+    pub fn load_track(&self, id: &str) -> Result<Track, ApiError> {
+        if !is_track_id(id) {
+            return Err(ApiError::NotFound { what: "track" });
+        }
+        let value = self
+            .meta
+            .get(TRACKS_KEYSPACE, id.as_bytes())
+            .map_err(|e| ApiError::storage("reading a track", e))?
+            .ok_or(ApiError::NotFound { what: "track" })?;
+        serde_json::from_slice(&value).map_err(|e| ApiError::Internal {
+            message: format!("stored track {id} does not parse: {e}"),
+        })
+    }
+
+    fn get_track(&self, id: &str) -> Result<Response<Body>, ApiError> {
+        let track = self.load_track(id)?;
+        let mut r = json_response(StatusCode::OK, &track.to_api_json());
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        Ok(r)
+    }
+
+    async fn delete_track(
+        self: &Arc<Self>,
+        id: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response<Body>, ApiError> {
+        self.tokens.authorize(headers, &[Role::Creator])?;
+        let track = self.load_track(id)?;
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || app.delete_track_blocking(&track))
+            .await
+            .map_err(join_error)??;
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        Ok(r)
+    }
+
+    /// Removes the record first (so the track is gone at once), then drops
+    /// one reference to each of its blobs; a blob's `blob_meta` entry goes
+    /// with its last reference. A crash between the two leaks references,
+    /// never a dangling track.
+    fn delete_track_blocking(&self, track: &Track) -> Result<(), ApiError> {
+        let mut batch = Batch::new();
+        batch.require(
+            TRACKS_KEYSPACE,
+            track.id.as_bytes(),
+            self.meta
+                .get(TRACKS_KEYSPACE, track.id.as_bytes())
+                .map_err(|e| ApiError::storage("reading a track", e))?
+                .as_deref(),
+        );
+        batch.delete(TRACKS_KEYSPACE, track.id.as_bytes());
+        self.meta
+            .commit(batch)
+            .map_err(|e| ApiError::storage("deleting a track", e))?;
+        let mut gone = Batch::new();
+        for blob in track.blob_ids() {
+            let Ok(blob_id) = blob.parse::<BlobId>() else {
+                continue;
+            };
+            self.blobs
+                .delete(&blob_id)
+                .map_err(|e| ApiError::storage("releasing a blob", e))?;
+            let still_there = self
+                .blobs
+                .stat(&blob_id)
+                .map_err(|e| ApiError::storage("checking a blob", e))?
+                .is_some();
+            if !still_there {
+                gone.delete(BLOB_META_KEYSPACE, blob_id.0);
+            }
+        }
+        if !gone.is_empty() {
+            self.meta
+                .commit(gone)
+                .map_err(|e| ApiError::storage("deleting blob metadata", e))?;
+        }
+        Ok(())
+    }
+
+    fn stream_track(&self, id: &str, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+        let mut quality = "normal".to_owned();
+        for (k, v) in form_pairs(query.unwrap_or("")) {
+            if k == "quality" {
+                quality = v;
+            }
+        }
+        if !QUALITIES.contains(&quality.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "quality must be one of low, normal, high, original, not {:?}",
+                quality.chars().take(32).collect::<String>()
+            )));
+        }
+        let track = self.load_track(id)?;
+        let blob = track.blob_for(&quality).ok_or_else(|| ApiError::Conflict {
+            code: "tier_not_ready",
+            message: format!(
+                "quality {quality} of track {id} is not transcoded yet (status {}); \
+                 quality=original is available now",
+                serde_json::to_string(&track.status).unwrap_or_default()
+            ),
+        })?;
+        let location = format!("/v1/blobs/{}", blob.blob_id);
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+        let value = HeaderValue::from_str(&location).map_err(|_| ApiError::Internal {
+            message: "stored blob id is not a header value".into(),
+        })?;
+        r.headers_mut().insert(header::LOCATION, value);
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        Ok(r)
+    }
+
+    fn stats_json(&self) -> serde_json::Value {
+        let b = self.blobs.stats();
+        let m = self.meta.stats();
+        let q = self.queue.stats();
+        serde_json::json!({
+            "blob": {
+                "blobs": b.blobs, "chunks": b.chunks, "chunks_live": b.chunks_live,
+                "live_bytes": b.live_bytes, "dead_bytes": b.dead_bytes,
+                "segments": b.segments.len(), "poisoned": b.poisoned,
+                "puts": b.puts, "deletes": b.deletes, "compactions": b.compactions,
+            },
+            "meta": {
+                "records": m.records, "head_lsn": m.head_lsn, "log_bytes": m.log_bytes,
+                "snapshot_lsn": m.snapshot_lsn, "commits": m.commits, "syncs": m.syncs,
+                "tracks": self.meta.keyspace_len(TRACKS_KEYSPACE),
+            },
+            "queue": {
+                "depth": q.depth, "in_flight": q.in_flight, "dead": q.dead,
+                "oldest_waiting_age_ms": q.oldest_waiting_age_ms,
+            },
+        })
+    }
+
+    /// The whole `/metrics` text: request metrics plus engine statistics.
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        self.metrics.render(&mut out);
+        let b = self.blobs.stats();
+        let m = self.meta.stats();
+        let q = self.queue.stats();
+        let gauges: [(&str, &str, f64); 16] = [
+            (
+                "spindle_queue_depth",
+                "Transcode jobs waiting.",
+                q.depth as f64,
+            ),
+            (
+                "spindle_queue_in_flight",
+                "Transcode jobs leased.",
+                q.in_flight as f64,
+            ),
+            (
+                "spindle_queue_dead",
+                "Transcode jobs dead-lettered.",
+                q.dead as f64,
+            ),
+            (
+                "spindle_queue_oldest_waiting_age_seconds",
+                "Age of the oldest waiting transcode job.",
+                q.oldest_waiting_age_ms as f64 / 1e3,
+            ),
+            ("spindle_blob_blobs", "Live blobs.", b.blobs as f64),
+            (
+                "spindle_blob_chunks",
+                "Chunks in the index, garbage included.",
+                b.chunks as f64,
+            ),
+            (
+                "spindle_blob_chunks_live",
+                "Referenced chunks.",
+                b.chunks_live as f64,
+            ),
+            (
+                "spindle_blob_live_bytes",
+                "Bytes of live records.",
+                b.live_bytes as f64,
+            ),
+            (
+                "spindle_blob_dead_bytes",
+                "Bytes of dead records awaiting compaction.",
+                b.dead_bytes as f64,
+            ),
+            (
+                "spindle_blob_segments",
+                "Segment files.",
+                b.segments.len() as f64,
+            ),
+            (
+                "spindle_blob_poisoned",
+                "1 if a failed sync poisoned the blob store.",
+                f64::from(u8::from(b.poisoned)),
+            ),
+            (
+                "spindle_meta_records",
+                "Metadata records.",
+                m.records as f64,
+            ),
+            (
+                "spindle_meta_head_lsn",
+                "Last committed LSN.",
+                m.head_lsn as f64,
+            ),
+            (
+                "spindle_meta_log_bytes",
+                "Bytes of metadata log.",
+                m.log_bytes as f64,
+            ),
+            (
+                "spindle_meta_feed_retained_lsns",
+                "LSNs of log the change feed still retains (head - oldest retained).",
+                m.head_lsn.saturating_sub(m.oldest_feed_lsn) as f64,
+            ),
+            (
+                "spindle_meta_poisoned",
+                "1 if a failed sync poisoned the metadata store.",
+                f64::from(u8::from(self.meta.is_poisoned())),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            metrics::gauge(&mut out, name, help, value);
+        }
+        let counters: [(&str, &str, u64); 6] = [
+            ("spindle_blob_puts_total", "Blobs stored.", b.puts),
+            (
+                "spindle_blob_deletes_total",
+                "Blob references dropped.",
+                b.deletes,
+            ),
+            (
+                "spindle_blob_syncs_total",
+                "Blob store fdatasyncs.",
+                b.syncs,
+            ),
+            (
+                "spindle_blob_compactions_total",
+                "Compactions.",
+                b.compactions,
+            ),
+            (
+                "spindle_meta_commits_total",
+                "Metadata batches committed.",
+                m.commits,
+            ),
+            ("spindle_meta_syncs_total", "Metadata log syncs.", m.syncs),
+        ];
+        for (name, help, value) in counters {
+            metrics::counter(&mut out, name, help, value);
+        }
+        out
+    }
+}
+
+/// 413 for a non-upload request announcing a body over the small limit.
+/// Bodies without a length are never read on these routes, so they cost
+/// nothing beyond hyper's own buffer.
+fn check_small_body(req: &Request<Incoming>) -> Result<(), ApiError> {
+    match req.body().size_hint().upper() {
+        Some(n) if n > SMALL_BODY_LIMIT_BYTES => Err(ApiError::PayloadTooLarge {
+            limit_bytes: SMALL_BODY_LIMIT_BYTES,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A task of the blocking pool panicked or was cancelled.
+pub fn join_error(e: tokio::task::JoinError) -> ApiError {
+    ApiError::Internal {
+        message: format!("blocking task failed: {e}"),
+    }
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::full(Bytes::from(value.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn text_response(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::full(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// `application/x-www-form-urlencoded` pairs of a query string, decoded.
+/// Malformed escapes are kept literally.
+pub fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k), percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode() {
+        let pairs: Vec<_> =
+            form_pairs("title=Hello+World&artist=Caf%C3%A9&x&bad=%zz&end=%4").collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("title".into(), "Hello World".into()),
+                ("artist".into(), "Café".into()),
+                ("x".into(), "".into()),
+                ("bad".into(), "%zz".into()),
+                ("end".into(), "%4".into()),
+            ]
+        );
+    }
+}
