@@ -329,6 +329,10 @@ impl DecodeStream {
             layout = layout.or(decoder.codec_params().channels);
             let channels = match layout {
                 Some(l) => l.count(),
+                None if codec_name == "alac" => {
+                    // ALAC's magic cookie: numChannels at byte 9.
+                    params.extra_data.as_deref().and_then(|c| c.get(9)).map_or(0, |&n| usize::from(n))
+                }
                 None => aac_config_channels(params.extra_data.as_deref()).unwrap_or(0),
             };
             (

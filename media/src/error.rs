@@ -120,9 +120,10 @@ impl MediaError {
     }
 }
 
-/// "1 KB", "4.0 GB": sizes as a person reads them (decimal units, as file managers show).
+/// "1 KB", "4.0 GB": sizes as a person reads them (binary units, so a 32-bit size field
+/// at its maximum reads "4.0 GB").
 pub(crate) fn human_bytes(n: u64) -> String {
-    const UNITS: [(&str, f64); 3] = [("GB", 1e9), ("MB", 1e6), ("KB", 1e3)];
+    const UNITS: [(&str, f64); 3] = [("GB", 1073741824.0), ("MB", 1048576.0), ("KB", 1024.0)];
     for (unit, size) in UNITS {
         let v = n as f64 / size;
         if v >= 1.0 {
@@ -144,8 +145,9 @@ mod tests {
     fn sizes_read_like_a_person_writes_them() {
         assert_eq!(human_bytes(0), "0 bytes");
         assert_eq!(human_bytes(1068), "1 KB");
-        assert_eq!(human_bytes(4_000_000_036), "4.0 GB");
-        assert_eq!(human_bytes(25_000_000), "25 MB");
+        assert_eq!(human_bytes(4_294_967_040), "4.0 GB");
+        assert_eq!(human_bytes(25 << 20), "25 MB");
+        assert_eq!(human_bytes(3 << 19), "1.5 MB");
     }
 
     #[test]
@@ -162,7 +164,7 @@ mod tests {
         assert!(e.is_permanent());
         let e = MediaError::HeaderLies {
             format: "WAV",
-            claimed_bytes: 4_000_000_000,
+            claimed_bytes: 0xFFFF_0000,
             actual_bytes: 1068,
         };
         assert_eq!(

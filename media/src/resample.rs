@@ -91,7 +91,12 @@ impl Resampler {
             if self.frames_out >= expected {
                 break;
             }
-            let input = if first { Some(&self.pending[..]) } else { None };
+            // rubato treats an empty input channel as inactive, so an empty tail is `None`.
+            let input = if first && !self.pending[0].is_empty() {
+                Some(&self.pending[..])
+            } else {
+                None
+            };
             first = false;
             let (_, written) = self
                 .inner

@@ -60,7 +60,7 @@ fn bad_inputs_fail_permanently_with_a_reason() {
     let mut lying = small_wav();
     lying.truncate(1068);
     let data_at = lying.windows(4).position(|w| w == b"data").unwrap();
-    lying[data_at + 4..data_at + 8].copy_from_slice(&4_000_000_000u32.to_le_bytes());
+    lying[data_at + 4..data_at + 8].copy_from_slice(&0xFFFF_0000u32.to_le_bytes());
     let e = fails(lying, "lying.wav");
     assert_eq!(
         e.to_string(),
