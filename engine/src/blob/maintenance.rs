@@ -165,7 +165,7 @@ impl BlobStore {
                 continue;
             }
             let len = record::record_len(RecordKind::Chunk, e.payload_len);
-            let (bytes, _) = inner.read_record(e.segment, e.offset, len)?;
+            let bytes = inner.read_record_locked(&st, e.segment, e.offset, len)?;
             let pos = inner.append(&mut st, &[&bytes])?;
             if let Some(entry) = st.chunks.get_mut(&id) {
                 entry.segment = pos.segment;
@@ -194,7 +194,7 @@ impl BlobStore {
                 continue;
             }
             let len = u64::from(e.record_len);
-            let (bytes, _) = inner.read_record(e.segment, e.offset, len)?;
+            let bytes = inner.read_record_locked(&st, e.segment, e.offset, len)?;
             let pos = inner.append(&mut st, &[&bytes])?;
             if let Some(entry) = st.blobs.get_mut(&id) {
                 entry.segment = pos.segment;

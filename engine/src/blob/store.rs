@@ -443,23 +443,40 @@ impl Inner {
     ) -> Result<(Bytes, String), Error> {
         let (file, name) = {
             let st = self.read_state()?;
-            let Some(seg) = st.segments.get(&segment) else {
-                return Err(Error::corruption(
-                    &segment_file_name(segment),
-                    Some(segment),
-                    offset,
-                    "index points into a segment that does not exist",
-                ));
-            };
-            (seg.file.clone(), seg.name.clone())
+            segment_file(&st, segment, offset)?
         };
+        self.read_record_from(file.as_ref(), &name, segment, offset, len)
+    }
+
+    /// [`Inner::read_record`] for a caller already holding the state lock.
+    pub(crate) fn read_record_locked(
+        &self,
+        st: &State,
+        segment: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, Error> {
+        let (file, name) = segment_file(st, segment, offset)?;
+        Ok(self
+            .read_record_from(file.as_ref(), &name, segment, offset, len)?
+            .0)
+    }
+
+    fn read_record_from(
+        &self,
+        file: &dyn StorageFile,
+        name: &str,
+        segment: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(Bytes, String), Error> {
         let bytes = file
             .read_bytes_at(offset, len as usize)
-            .map_err(|e| Error::io("read", &name, e))?;
+            .map_err(|e| Error::io("read", name, e))?;
         if let Err(e) = record::decode(&bytes) {
-            return Err(self.note_corruption(Error::corruption(&name, Some(segment), offset, e)));
+            return Err(self.note_corruption(Error::corruption(name, Some(segment), offset, e)));
         }
-        Ok((bytes, name))
+        Ok((bytes, name.to_owned()))
     }
 
     /// The chunk list of a live blob, from the cache or its record.
@@ -589,6 +606,22 @@ impl Inner {
         }
         bump(&self.counters.reads);
         Ok(data.slice((start - data_start) as usize..(end - data_start) as usize))
+    }
+}
+
+fn segment_file(
+    st: &State,
+    segment: u64,
+    offset: u64,
+) -> Result<(Arc<dyn StorageFile>, String), Error> {
+    match st.segments.get(&segment) {
+        Some(seg) => Ok((seg.file.clone(), seg.name.clone())),
+        None => Err(Error::corruption(
+            &segment_file_name(segment),
+            Some(segment),
+            offset,
+            "index points into a segment that does not exist",
+        )),
     }
 }
 

@@ -1,0 +1,316 @@
+//! Targeted blob-store behaviour, over the portable and io_uring backends
+//! (io_uring skipped with a message where the kernel refuses it) and the
+//! fault backend.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use spindle_engine::blob::{BlobConfig, BlobId, BlobStore, Error};
+use spindle_engine::io::fault::{FaultKind, FaultStorage};
+use spindle_engine::io::uring::UringStorage;
+use spindle_engine::io::{open_storage, BackendChoice, Storage};
+
+fn small_config() -> BlobConfig {
+    BlobConfig {
+        chunk_size_bytes: 4096,
+        segment_size_bytes_max: 64 * 1024,
+        checkpoint_interval_bytes: u64::MAX,
+        ..BlobConfig::default()
+    }
+}
+
+/// (name, storage, tempdir keeping it alive)
+fn backends() -> Vec<(&'static str, Arc<dyn Storage>, Option<tempfile::TempDir>)> {
+    let mut out: Vec<(&'static str, Arc<dyn Storage>, Option<tempfile::TempDir>)> = Vec::new();
+    let dir = tempfile::tempdir().unwrap();
+    out.push((
+        "portable",
+        open_storage(dir.path(), BackendChoice::Portable).unwrap(),
+        Some(dir),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    match UringStorage::open(dir.path()) {
+        Ok(_) => out.push((
+            "uring",
+            open_storage(dir.path(), BackendChoice::Uring).unwrap(),
+            Some(dir),
+        )),
+        Err(e) => eprintln!("skipping io_uring backend: {e}"),
+    }
+    out.push(("fault", Arc::new(FaultStorage::new()), None));
+    out
+}
+
+fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn put_stat_read_and_ranges() {
+    for (name, storage, _dir) in backends() {
+        let store = BlobStore::open(storage, small_config()).unwrap();
+        let data = content(1, 50_000);
+        let mut w = store.writer();
+        for piece in data.chunks(777) {
+            w.write(piece).unwrap();
+        }
+        assert_eq!(w.written_bytes(), 50_000);
+        let r = w.finish().unwrap();
+        assert_eq!(r.id, BlobId::of(&data), "{name}");
+        assert_eq!(r.size_bytes, 50_000);
+        assert_eq!(r.chunks.len(), 13);
+        let info = store.stat(&r.id).unwrap().unwrap();
+        assert_eq!(info.size_bytes, 50_000);
+        assert_eq!(info.chunk_count, 13);
+        for (off, len) in [(0u64, 1u64), (4095, 2), (100, 4096), (0, 8192), (49_999, 1), (50_000, 0)] {
+            let got = store.read(&r.id, off, len).unwrap();
+            assert_eq!(&got[..], &data[off as usize..(off + len) as usize], "{name} {off}+{len}");
+        }
+        let mut all = Vec::new();
+        let mut rr = store.read_range(&r.id, 10..50_000).unwrap();
+        assert_eq!(rr.remaining_bytes(), 49_990);
+        for piece in &mut rr {
+            let piece = piece.unwrap();
+            assert!(piece.len() <= 4096);
+            all.extend_from_slice(&piece);
+        }
+        assert_eq!(&all[..], &data[10..]);
+        assert!(matches!(store.read(&r.id, 0, 8193), Err(Error::InvalidInput(_))));
+        assert!(matches!(store.read(&r.id, 49_990, 11), Err(Error::InvalidInput(_))));
+        let missing = BlobId::of(b"nope");
+        assert!(matches!(store.read(&missing, 0, 1), Err(Error::NotFound(_))));
+        assert!(store.stat(&missing).unwrap().is_none());
+        // Empty blob.
+        let e = store.put(b"").unwrap();
+        assert_eq!(e.size_bytes, 0);
+        assert!(store.read(&e.id, 0, 0).unwrap().is_empty());
+    }
+}
+
+#[test]
+fn dedupe_refcounts_and_created_ms_survive_reopen() {
+    for (name, storage, _dir) in backends() {
+        let now = Arc::new(AtomicU64::new(1000));
+        let clock = now.clone();
+        let config = BlobConfig {
+            clock_ms: Arc::new(move || clock.load(Ordering::SeqCst)),
+            ..small_config()
+        };
+        let store = BlobStore::open(storage.clone(), config.clone()).unwrap();
+        let data = content(2, 20_000);
+        let a = store.put(&data).unwrap();
+        now.store(5000, Ordering::SeqCst);
+        let b = store.put(&data).unwrap();
+        assert_eq!(a, b);
+        // A second blob sharing its first chunks.
+        let mut other = data[..12_288].to_vec();
+        other.extend_from_slice(b"different tail");
+        let c = store.put(&other).unwrap();
+        assert_eq!(&c.chunks[..3], &a.chunks[..3]);
+        let stats = store.stats();
+        assert_eq!(stats.blobs, 2, "{name}");
+        assert_eq!(stats.chunks, 6); // 5 of a + 1 tail of c
+        assert_eq!(store.stat(&a.id).unwrap().unwrap().created_ms, 1000);
+        drop(store);
+        let store = BlobStore::open(storage.clone(), config.clone()).unwrap();
+        assert_eq!(store.stat(&a.id).unwrap().unwrap().created_ms, 1000);
+        assert!(store.delete(&a.id).unwrap());
+        assert_eq!(&store.read(&a.id, 0, 4096).unwrap()[..], &data[..4096]);
+        assert!(store.delete(&a.id).unwrap());
+        assert!(!store.delete(&a.id).unwrap());
+        assert!(store.stat(&a.id).unwrap().is_none());
+        assert_eq!(&store.read(&c.id, 0, 8192).unwrap()[..], &other[..8192]);
+        store.checkpoint().unwrap();
+        drop(store);
+        let store = BlobStore::open(storage, config).unwrap();
+        assert!(store.stat(&a.id).unwrap().is_none());
+        let stats = store.stats();
+        assert_eq!(stats.blobs, 1);
+        assert_eq!(stats.chunks_live, 4);
+        let mut all = Vec::new();
+        for piece in store.read_range(&c.id, 0..other.len() as u64).unwrap() {
+            all.extend_from_slice(&piece.unwrap());
+        }
+        assert_eq!(all, other);
+    }
+}
+
+#[test]
+fn segments_roll_and_compaction_reclaims_after_deletes() {
+    for (name, storage, _dir) in backends() {
+        let config = BlobConfig {
+            compaction_live_fraction_min: 0.9,
+            ..small_config()
+        };
+        let store = BlobStore::open(storage.clone(), config.clone()).unwrap();
+        let mut kept = Vec::new();
+        let mut gone = Vec::new();
+        for i in 0..40u64 {
+            let data = content(100 + i, 9000);
+            let r = store.put(&data).unwrap();
+            if i % 4 == 0 {
+                kept.push((r.id, data));
+            } else {
+                gone.push(r.id);
+            }
+        }
+        // An aborted writer leaves garbage.
+        let mut w = store.writer();
+        w.write(&content(999, 20_000)).unwrap();
+        drop(w);
+        for id in &gone {
+            assert!(store.delete(id).unwrap());
+        }
+        let before = store.stats();
+        assert!(before.segments.len() > 3, "{name}: {before:?}");
+        assert!(before.dead_bytes > before.live_bytes);
+        let report = store.compact().unwrap();
+        assert!(!report.segments_removed.is_empty(), "{name}");
+        let after = store.stats();
+        assert!(after.dead_bytes < before.dead_bytes / 2, "{name}: {after:?}");
+        assert_eq!(after.chunks_live, after.chunks, "{name}: garbage chunks left");
+        for (id, data) in &kept {
+            assert_eq!(&store.read(id, 0, 8192).unwrap()[..], &data[..8192]);
+        }
+        drop(store);
+        let store = BlobStore::open(storage, config).unwrap();
+        for (id, data) in &kept {
+            let mut all = Vec::new();
+            for piece in store.read_range(id, 0..data.len() as u64).unwrap() {
+                all.extend_from_slice(&piece.unwrap());
+            }
+            assert_eq!(&all, data, "{name}");
+        }
+        for id in &gone {
+            assert!(store.stat(id).unwrap().is_none());
+        }
+        assert!(store.scrub(None).unwrap().is_clean());
+    }
+}
+
+#[test]
+fn concurrent_writers_share_syncs() {
+    for (name, storage, _dir) in backends() {
+        let store = BlobStore::open(
+            storage,
+            BlobConfig {
+                segment_size_bytes_max: 1 << 30,
+                ..small_config()
+            },
+        )
+        .unwrap();
+        let threads: Vec<_> = (0..16u64)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    (0..20u64)
+                        .map(|i| {
+                            let data = content(t * 1000 + i, 3000);
+                            (store.put(&data).unwrap().id, data)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let all: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        for (id, data) in &all {
+            assert_eq!(&store.read(id, 0, data.len() as u64).unwrap()[..], &data[..]);
+        }
+        let stats = store.stats();
+        assert_eq!(stats.commits, 320);
+        eprintln!("{name}: {} commits, {} syncs", stats.commits, stats.syncs);
+        assert!(stats.syncs <= stats.commits, "{name}");
+    }
+}
+
+#[test]
+fn disk_full_is_typed_harmless_and_recoverable() {
+    let fault = FaultStorage::new();
+    let store = BlobStore::open(Arc::new(fault.clone()), small_config()).unwrap();
+    let a_data = content(7, 30_000);
+    let a = store.put(&a_data).unwrap();
+    let used: u64 = ["blob-0000000000000001.seg"]
+        .iter()
+        .filter_map(|n| fault.file_len(n))
+        .sum();
+    fault.set_space_limit(Some(used + 5000));
+    let mut saw_no_space = false;
+    for i in 0..5 {
+        match store.put(&content(50 + i, 30_000)) {
+            Err(Error::NoSpace { .. }) => saw_no_space = true,
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => {}
+        }
+    }
+    assert!(saw_no_space);
+    assert!(!store.stats().poisoned);
+    assert_eq!(&store.read(&a.id, 0, 8192).unwrap()[..], &a_data[..8192]);
+    fault.set_space_limit(None);
+    let b_data = content(8, 30_000);
+    let b = store.put(&b_data).unwrap();
+    drop(store);
+    fault.crash();
+    let store = BlobStore::open(Arc::new(fault.clone()), small_config()).unwrap();
+    for (r, d) in [(&a, &a_data), (&b, &b_data)] {
+        let mut all = Vec::new();
+        for piece in store.read_range(&r.id, 0..d.len() as u64).unwrap() {
+            all.extend_from_slice(&piece.unwrap());
+        }
+        assert_eq!(&all, d);
+    }
+}
+
+#[test]
+fn bit_flips_are_detected_by_reads_and_scrub() {
+    let fault = FaultStorage::new();
+    let store = BlobStore::open(Arc::new(fault.clone()), small_config()).unwrap();
+    let data = content(9, 12_000);
+    let r = store.put(&data).unwrap();
+    store.checkpoint().unwrap();
+    assert!(store.scrub(Some(1 << 30)).unwrap().is_clean());
+    // Flip a bit in the middle of the second chunk's payload.
+    let seg = "blob-0000000000000001.seg";
+    let chunk_record = 48 + 4 + 4096 + 4;
+    let offset = 32 + chunk_record as u64 + 48 + 4 + 2000;
+    fault.flip_bit(seg, offset, 3).unwrap();
+    assert_eq!(&store.read(&r.id, 0, 4096).unwrap()[..], &data[..4096]);
+    match store.read(&r.id, 4096 + 1000, 10) {
+        Err(Error::Corruption { segment, offset: at, .. }) => {
+            assert_eq!(segment, Some(1));
+            assert_eq!(at, 32 + chunk_record as u64 + 48 + 4);
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    let report = store.scrub(None).unwrap();
+    assert_eq!(report.corrupt_chunks.len(), 1);
+    assert_eq!(report.corrupt_chunks[0].0, r.chunks[1]);
+    assert_eq!(report.corrupt_chunks[0].1.segment, 1);
+    assert_eq!(report.corrupt_chunks[0].1.offset, 32 + chunk_record as u64);
+    assert!(store.stats().corruptions_detected >= 1);
+}
+
+#[test]
+fn failed_sync_poisons_until_reopen() {
+    let fault = FaultStorage::new();
+    let store = BlobStore::open(Arc::new(fault.clone()), small_config()).unwrap();
+    let a = store.put(&content(1, 100)).unwrap();
+    // A put of a 100-byte blob: chunk append, state append, sync.
+    fault.fail_nth(2, FaultKind::Eio);
+    let err = store.put(&content(2, 100)).unwrap_err();
+    assert!(matches!(err, Error::Io { op: "sync", .. }), "{err}");
+    assert!(matches!(store.put(&content(3, 100)), Err(Error::Poisoned)));
+    assert!(matches!(store.delete(&a.id), Err(Error::Poisoned)));
+    assert_eq!(store.read(&a.id, 0, 100).unwrap().len(), 100);
+    assert!(store.stats().poisoned);
+    drop(store);
+    let store = BlobStore::open(Arc::new(fault), small_config()).unwrap();
+    store.put(&content(4, 100)).unwrap();
+}
