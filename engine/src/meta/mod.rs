@@ -1213,7 +1213,7 @@ impl MetaStore {
                 cursor: None,
             });
         };
-        let range = ks.range::<[u8], _>((lo, hi));
+        let range = ks.range(lo, hi);
         let mut items: Vec<(Bytes, Bytes)> = Vec::with_capacity(limit.min(1024));
         let mut more = false;
         let mut push = |(k, v): (&Bytes, &Bytes)| -> bool {

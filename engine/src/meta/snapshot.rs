@@ -27,7 +27,8 @@
 //! increase by name; the loader checks this, so a loaded state is exactly the
 //! written one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -50,8 +51,85 @@ const FLAG_ZSTD: u8 = 1;
 /// Body bytes buffered before each write.
 const WRITE_CHUNK_BYTES: usize = 1 << 20;
 
-/// One keyspace's ordered contents.
-pub type Keyspace = BTreeMap<Bytes, Bytes>;
+/// One keyspace: a hash map for point gets (one probe instead of a dozen
+/// pointer-chasing comparisons down a B-tree) and an ordered set of the same
+/// keys for scans. Keys are `Bytes` clones sharing one allocation.
+///
+/// Invariant: `order` holds exactly the keys of `map`.
+#[derive(Debug, Clone, Default)]
+pub struct Keyspace {
+    map: HashMap<Bytes, Bytes>,
+    order: BTreeSet<Bytes>,
+}
+
+impl Keyspace {
+    pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
+        self.map.get(key)
+    }
+
+    pub fn insert(&mut self, key: Bytes, value: Bytes) -> Option<Bytes> {
+        let old = self.map.insert(key.clone(), value);
+        if old.is_none() {
+            self.order.insert(key);
+        }
+        old
+    }
+
+    pub fn remove(&mut self, key: &[u8]) -> Option<Bytes> {
+        let old = self.map.remove(key);
+        if old.is_some() {
+            self.order.remove(key);
+        }
+        debug_assert_eq!(self.map.len(), self.order.len());
+        old
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Bytes> {
+        self.map.values()
+    }
+
+    /// Entries with keys in `(lo, hi)`, in key order (reversible).
+    pub fn range<'a>(
+        &'a self,
+        lo: Bound<&'a [u8]>,
+        hi: Bound<&'a [u8]>,
+    ) -> impl DoubleEndedIterator<Item = (&'a Bytes, &'a Bytes)> + 'a {
+        self.order
+            .range::<[u8], _>((lo, hi))
+            .filter_map(move |k| self.map.get_key_value(k.as_ref()))
+    }
+
+    /// All entries in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
+        self.order
+            .iter()
+            .filter_map(move |k| self.map.get_key_value(k.as_ref()))
+    }
+}
+
+impl FromIterator<(Bytes, Bytes)> for Keyspace {
+    fn from_iter<I: IntoIterator<Item = (Bytes, Bytes)>>(iter: I) -> Self {
+        let iter = iter.into_iter();
+        let mut map = HashMap::with_capacity(iter.size_hint().0);
+        let mut keys = Vec::with_capacity(iter.size_hint().0);
+        for (k, v) in iter {
+            keys.push(k.clone());
+            map.insert(k, v);
+        }
+        // Sorted input makes this a linear bulk build.
+        let order: BTreeSet<Bytes> = keys.into_iter().collect();
+        assert_eq!(order.len(), map.len(), "duplicate keys in a keyspace");
+        Keyspace { map, order }
+    }
+}
 /// All keyspaces by name.
 pub type State = BTreeMap<String, Keyspace>;
 
@@ -104,7 +182,7 @@ pub fn write(
         buf.extend_from_slice(&(ks.len() as u16).to_le_bytes());
         buf.extend_from_slice(ks.as_bytes());
         buf.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-        for (key, value) in entries {
+        for (key, value) in entries.iter() {
             let compressed = match compress_over_bytes {
                 Some(limit) if value.len() > limit => zstd::bulk::compress(value, 3)
                     .ok()
