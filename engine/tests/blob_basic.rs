@@ -70,9 +70,20 @@ fn put_stat_read_and_ranges() {
         let info = store.stat(&r.id).unwrap().unwrap();
         assert_eq!(info.size_bytes, 50_000);
         assert_eq!(info.chunk_count, 13);
-        for (off, len) in [(0u64, 1u64), (4095, 2), (100, 4096), (0, 8192), (49_999, 1), (50_000, 0)] {
+        for (off, len) in [
+            (0u64, 1u64),
+            (4095, 2),
+            (100, 4096),
+            (0, 8192),
+            (49_999, 1),
+            (50_000, 0),
+        ] {
             let got = store.read(&r.id, off, len).unwrap();
-            assert_eq!(&got[..], &data[off as usize..(off + len) as usize], "{name} {off}+{len}");
+            assert_eq!(
+                &got[..],
+                &data[off as usize..(off + len) as usize],
+                "{name} {off}+{len}"
+            );
         }
         let mut all = Vec::new();
         let mut rr = store.read_range(&r.id, 10..50_000).unwrap();
@@ -83,10 +94,19 @@ fn put_stat_read_and_ranges() {
             all.extend_from_slice(&piece);
         }
         assert_eq!(&all[..], &data[10..]);
-        assert!(matches!(store.read(&r.id, 0, 8193), Err(Error::InvalidInput(_))));
-        assert!(matches!(store.read(&r.id, 49_990, 11), Err(Error::InvalidInput(_))));
+        assert!(matches!(
+            store.read(&r.id, 0, 8193),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            store.read(&r.id, 49_990, 11),
+            Err(Error::InvalidInput(_))
+        ));
         let missing = BlobId::of(b"nope");
-        assert!(matches!(store.read(&missing, 0, 1), Err(Error::NotFound(_))));
+        assert!(matches!(
+            store.read(&missing, 0, 1),
+            Err(Error::NotFound(_))
+        ));
         assert!(store.stat(&missing).unwrap().is_none());
         // Empty blob.
         let e = store.put(b"").unwrap();
@@ -175,8 +195,14 @@ fn segments_roll_and_compaction_reclaims_after_deletes() {
         let report = store.compact().unwrap();
         assert!(!report.segments_removed.is_empty(), "{name}");
         let after = store.stats();
-        assert!(after.dead_bytes < before.dead_bytes / 2, "{name}: {after:?}");
-        assert_eq!(after.chunks_live, after.chunks, "{name}: garbage chunks left");
+        assert!(
+            after.dead_bytes < before.dead_bytes / 2,
+            "{name}: {after:?}"
+        );
+        assert_eq!(
+            after.chunks_live, after.chunks,
+            "{name}: garbage chunks left"
+        );
         for (id, data) in &kept {
             assert_eq!(&store.read(id, 0, 8192).unwrap()[..], &data[..8192]);
         }
@@ -220,9 +246,15 @@ fn concurrent_writers_share_syncs() {
                 })
             })
             .collect();
-        let all: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let all: Vec<_> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
         for (id, data) in &all {
-            assert_eq!(&store.read(id, 0, data.len() as u64).unwrap()[..], &data[..]);
+            assert_eq!(
+                &store.read(id, 0, data.len() as u64).unwrap()[..],
+                &data[..]
+            );
         }
         let stats = store.stats();
         assert_eq!(stats.commits, 320);
@@ -283,7 +315,11 @@ fn bit_flips_are_detected_by_reads_and_scrub() {
     fault.flip_bit(seg, offset, 3).unwrap();
     assert_eq!(&store.read(&r.id, 0, 4096).unwrap()[..], &data[..4096]);
     match store.read(&r.id, 4096 + 1000, 10) {
-        Err(Error::Corruption { segment, offset: at, .. }) => {
+        Err(Error::Corruption {
+            segment,
+            offset: at,
+            ..
+        }) => {
             assert_eq!(segment, Some(1));
             assert_eq!(at, 32 + chunk_record as u64 + 48 + 4);
         }

@@ -229,6 +229,7 @@ pub(crate) fn recover(storage: &dyn Storage) -> Result<State, Error> {
     segment_ids.sort_unstable();
 
     let mut st = State::empty();
+    st.accounting = false;
     let mut position = crate::blob::store::Pos::default();
     if names.iter().any(|n| n == CHECKPOINT_FILE) {
         let file = storage

@@ -66,6 +66,9 @@ pub(crate) struct State {
     pub head: Option<u64>,
     pub next_segment_id: u64,
     pub appended_since_checkpoint: u64,
+    /// Whether refcount changes update segments' live bytes; off during
+    /// recovery, which recomputes them once at the end.
+    pub accounting: bool,
 }
 
 impl State {
@@ -78,6 +81,7 @@ impl State {
             head: None,
             next_segment_id: 1,
             appended_since_checkpoint: 0,
+            accounting: true,
         }
     }
 
@@ -94,12 +98,18 @@ impl State {
     }
 
     fn add_live(&mut self, segment: u64, bytes: u64) {
+        if !self.accounting {
+            return;
+        }
         if let Some(seg) = self.segments.get_mut(&segment) {
             seg.live_bytes += bytes;
         }
     }
 
     fn sub_live(&mut self, segment: u64, bytes: u64) {
+        if !self.accounting {
+            return;
+        }
         if let Some(seg) = self.segments.get_mut(&segment) {
             assert!(
                 seg.live_bytes >= bytes,
@@ -157,6 +167,7 @@ impl State {
 
     /// Recomputes every segment's live bytes from the index.
     pub(crate) fn recompute_live(&mut self) {
+        self.accounting = true;
         for seg in self.segments.values_mut() {
             seg.live_bytes = 0;
         }
@@ -703,6 +714,12 @@ impl BlobStore {
             chunk_count: e.chunk_count,
             created_ms: e.created_ms,
         }))
+    }
+
+    /// How many puts of a blob are not yet matched by deletes (0 if none).
+    pub fn refcount(&self, id: &BlobId) -> Result<u32, Error> {
+        let st = self.inner.read_state()?;
+        Ok(st.blobs.get(id).map(|e| e.refcount).unwrap_or(0))
     }
 
     fn blob_entry(&self, id: &BlobId) -> Result<BlobEntry, Error> {
