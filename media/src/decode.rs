@@ -101,6 +101,16 @@ impl Mix {
             Some(l) if l.count() == channels => l.iter().collect(),
             _ => default_layout(channels),
         };
+        Mix::from_positions(positions)
+    }
+
+    /// A downmix for channels at the given positions, in plane order.
+    fn from_positions(positions: Vec<Channels>) -> Mix {
+        match positions.len() {
+            1 => return Mix::Mono,
+            2 => return Mix::Stereo,
+            _ => {}
+        }
         let mut gains: Vec<(f32, f32)> = positions.iter().map(|&p| position_gains(p)).collect();
         let sum_l: f32 = gains.iter().map(|g| g.0).sum();
         let sum_r: f32 = gains.iter().map(|g| g.1).sum();
@@ -150,6 +160,29 @@ impl Mix {
                 }
             }
         }
+    }
+}
+
+/// The Vorbis channel order (Vorbis I spec 4.3.9), which Opus mapping family 1 uses.
+fn vorbis_order(channels: usize) -> Vec<Channels> {
+    use Channels as C;
+    let (fl, fr, fc, lfe) = (C::FRONT_LEFT, C::FRONT_RIGHT, C::FRONT_CENTRE, C::LFE1);
+    let (rl, rr, sl, sr, rc) = (
+        C::REAR_LEFT,
+        C::REAR_RIGHT,
+        C::SIDE_LEFT,
+        C::SIDE_RIGHT,
+        C::REAR_CENTRE,
+    );
+    match channels {
+        1 => vec![fc],
+        2 => vec![fl, fr],
+        3 => vec![fl, fc, fr],
+        4 => vec![fl, fr, rl, rr],
+        5 => vec![fl, fc, fr, rl, rr],
+        6 => vec![fl, fc, fr, rl, rr, lfe],
+        7 => vec![fl, fc, fr, sl, sr, rc, lfe],
+        _ => vec![fl, fc, fr, sl, sr, rl, rr, lfe],
     }
 }
 
@@ -218,8 +251,16 @@ fn position_gains(p: Channels) -> (f32, f32) {
 /// The largest Opus packet decodes to 120 ms at 48 kHz.
 const OPUS_MAX_FRAMES: usize = 5760;
 
+enum OpusDecoder {
+    /// Mapping family 0: one mono or stereo stream.
+    Single(Box<ropus::Decoder>),
+    /// Mapping family 1: up to 8 channels in several streams (Vorbis channel order);
+    /// the multistream decoder gives 24-bit integers.
+    Multi(Box<ropus::OpusMSDecoder>, Vec<i32>),
+}
+
 struct OpusState {
-    decoder: ropus::Decoder,
+    decoder: OpusDecoder,
     pcm: Vec<f32>,
     planes: Vec<Vec<f32>>,
     channels: usize,
@@ -331,7 +372,11 @@ impl DecodeStream {
                 Some(l) => l.count(),
                 None if codec_name == "alac" => {
                     // ALAC's magic cookie: numChannels at byte 9.
-                    params.extra_data.as_deref().and_then(|c| c.get(9)).map_or(0, |&n| usize::from(n))
+                    params
+                        .extra_data
+                        .as_deref()
+                        .and_then(|c| c.get(9))
+                        .map_or(0, |&n| usize::from(n))
                 }
                 None => aac_config_channels(params.extra_data.as_deref()).unwrap_or(0),
             };
@@ -357,8 +402,7 @@ impl DecodeStream {
             bits_per_coded_sample: params.bits_per_coded_sample.or(params.bits_per_sample),
         };
         let mix = if matches!(codec, Codec::Opus(_)) && channels > 2 {
-            // Opus mapping family 1 uses the Vorbis order; only 1-2 channels reach here.
-            Mix::new(channels, None)
+            Mix::from_positions(vorbis_order(channels))
         } else {
             Mix::new(channels, layout)
         };
@@ -469,13 +513,38 @@ impl DecodeStream {
                 Ok(frames)
             }
             Codec::Opus(state) => {
-                let n = match state.decoder.decode_float(
-                    packet.buf(),
-                    &mut state.pcm,
-                    ropus::DecodeMode::Normal,
-                ) {
+                let decoded = match &mut state.decoder {
+                    OpusDecoder::Single(d) => d
+                        .decode_float(packet.buf(), &mut state.pcm, ropus::DecodeMode::Normal)
+                        .map_err(|e| format!("{e:?}")),
+                    OpusDecoder::Multi(d, ints) => {
+                        let len = i32::try_from(packet.buf().len()).unwrap_or(i32::MAX);
+                        match d.decode24(
+                            Some(packet.buf()),
+                            len,
+                            ints,
+                            OPUS_MAX_FRAMES as i32,
+                            false,
+                        ) {
+                            Ok(n) => {
+                                let n = usize::try_from(n).unwrap_or(0).min(OPUS_MAX_FRAMES);
+                                for (f, &i) in state
+                                    .pcm
+                                    .iter_mut()
+                                    .zip(ints.iter())
+                                    .take(n * state.channels)
+                                {
+                                    *f = i as f32 / 8_388_608.0;
+                                }
+                                Ok(n)
+                            }
+                            Err(code) => Err(format!("opus error {code}")),
+                        }
+                    }
+                };
+                let n = match decoded {
                     Ok(n) => n.min(OPUS_MAX_FRAMES),
-                    Err(e) => return Err(DecodeFailure::Skip(format!("{e:?}"))),
+                    Err(reason) => return Err(DecodeFailure::Skip(reason)),
                 };
                 let start = (packet.trim_start as usize).min(n);
                 let end = n.saturating_sub(packet.trim_end as usize).max(start);
@@ -548,19 +617,35 @@ fn open_opus(params: &CodecParameters) -> Result<(OpusState, usize), MediaError>
     let channels = head[9] as usize;
     let gain_q8 = i16::from_le_bytes([head[16], head[17]]);
     let family = head[18];
-    if channels == 0 || channels > 2 || (family != 0 && family != 1) {
-        return Err(MediaError::Unsupported {
-            reason: format!("Opus with {channels} channels (mapping family {family}); only mono and stereo Opus are decoded"),
-        });
-    }
-    let layout = if channels == 1 {
-        ropus::Channels::Mono
-    } else {
-        ropus::Channels::Stereo
+    let unsupported = || MediaError::Unsupported {
+        reason: format!("Opus with {channels} channels in mapping family {family}"),
     };
-    let decoder = ropus::Decoder::new(48_000, layout).map_err(|e| MediaError::Unsupported {
-        reason: format!("Opus decoder: {e:?}"),
-    })?;
+    let decoder = match family {
+        0 if channels == 1 || channels == 2 => {
+            let layout = if channels == 1 {
+                ropus::Channels::Mono
+            } else {
+                ropus::Channels::Stereo
+            };
+            OpusDecoder::Single(Box::new(
+                ropus::Decoder::new(48_000, layout).map_err(|_| unsupported())?,
+            ))
+        }
+        1 if (1..=8).contains(&channels) => {
+            // RFC 7845 5.1.1: stream count, coupled count, then one mapping byte per channel.
+            let table = head
+                .get(19..21 + channels)
+                .ok_or_else(|| MediaError::NotAudio {
+                    reason: "the OpusHead channel mapping table is cut short".to_string(),
+                })?;
+            let (streams, coupled, mapping) =
+                (i32::from(table[0]), i32::from(table[1]), &table[2..]);
+            let d = ropus::OpusMSDecoder::new(48_000, channels as i32, streams, coupled, mapping)
+                .map_err(|_| unsupported())?;
+            OpusDecoder::Multi(Box::new(d), vec![0; OPUS_MAX_FRAMES * channels])
+        }
+        _ => return Err(unsupported()),
+    };
     let gain = 10f32.powf(f32::from(gain_q8) / 256.0 / 20.0);
     Ok((
         OpusState {

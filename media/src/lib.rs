@@ -92,8 +92,8 @@ pub struct Limits {
     /// Fail with [`MediaError::Cancelled`] once the caller sets this.
     pub cancel: Option<Arc<AtomicBool>>,
     /// Encoder threads: 1 encodes the tiers one after another in one thread, 2 puts the
-    /// 320 kbps tier alone, 3 or more gives each tier its own; 0 means one per available
-    /// core, up to 3. The decoder always runs on the calling thread.
+    /// 320 kbps tier alone, 3 or more gives each tier its own; 0 (the default) means 1 on
+    /// a single core and 3 otherwise. The decoder always runs on the calling thread.
     pub encoder_threads: usize,
 }
 

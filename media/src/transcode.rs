@@ -288,8 +288,13 @@ pub fn transcode<R: Source>(
 }
 
 fn thread_groups(encoder_threads: usize) -> Vec<Vec<Tier>> {
+    // Auto: with two cores or more, one thread per tier, and the scheduler spreads the
+    // three encoders and the decoder over the cores more evenly than a fixed split.
     let n = match encoder_threads {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        0 => match std::thread::available_parallelism().map_or(1, usize::from) {
+            1 => 1,
+            _ => 3,
+        },
         n => n,
     };
     match n {

@@ -152,7 +152,8 @@ fn bad_files_fail_with_a_reason() {
     assert!(reason("bad/random-bytes.mp3").starts_with("not an audio file"));
     assert!(reason("bad/truncated.flac").starts_with("truncated FLAC stream at "));
     assert!(
-        reason("bad/lying-header.wav").starts_with("WAV header claims 4.0 GB of audio but the file holds 1 KB"),
+        reason("bad/lying-header.wav")
+            .starts_with("WAV header claims 4.0 GB of audio but the file holds 1 KB"),
         "{}",
         reason("bad/lying-header.wav")
     );

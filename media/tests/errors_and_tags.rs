@@ -165,6 +165,50 @@ fn a_failing_sink_is_a_transient_error_naming_the_tier() {
     assert!(e.to_string().contains("disk full"), "{e}");
 }
 
+/// A source that panics once read past `at`: stands for a dependency that panics.
+struct PanickingSource {
+    inner: Cursor<Vec<u8>>,
+    at: u64,
+}
+
+impl std::io::Read for PanickingSource {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        assert!(self.inner.position() < self.at, "simulated decoder bug");
+        self.inner.read(buf)
+    }
+}
+
+impl std::io::Seek for PanickingSource {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+#[test]
+fn a_panic_while_decoding_fails_only_that_job() {
+    let bytes = small_wav();
+    let len = bytes.len() as u64;
+    let source = PanickingSource {
+        inner: Cursor::new(bytes),
+        at: len / 2,
+    };
+    let (mut low, mut normal, mut high) = (Vec::new(), Vec::new(), Vec::new());
+    let sinks = TierSinks {
+        low: &mut low,
+        normal: &mut normal,
+        high: &mut high,
+    };
+    let e = spindle_media::transcode(source, Some(len), None, sinks, &Limits::default())
+        .expect_err("panic caught");
+    assert!(
+        matches!(e, MediaError::Panicked { .. }) && e.is_permanent(),
+        "{e}"
+    );
+    assert!(e.to_string().contains("simulated decoder bug"), "{e}");
+    // The next job runs normally.
+    run(small_wav(), None, &Limits::default()).unwrap();
+}
+
 /// Adds `tag` to a WAV file with lofty.
 fn with_tag(wav_bytes: Vec<u8>, tag: Tag) -> Vec<u8> {
     let mut cursor = Cursor::new(wav_bytes);

@@ -279,6 +279,11 @@ fn ogg_vorbis_and_opus_with_repeated_comments() {
     check(&opus, "opus", 1, 0.0);
     let opus = encode(&src, "opus", &["-c:a", "libopus", "-b:a", "128k"]);
     check(&opus, "opus", 2, 0.0);
+    // 5.1 Opus (mapping family 1, several streams) is downmixed to stereo.
+    let surround = source_wav(48_000, 6);
+    let opus = encode(&surround, "opus", &["-c:a", "libopus", "-b:a", "256k"]);
+    let out = check(&opus, "opus", 2, 0.0);
+    assert_eq!(out.report.stream.channels, 6);
 
     // Repeated ARTIST fields in a FLAC's Vorbis comments are several values.
     let flac = encode(&src, "flac", &["-c:a", "flac"]);
