@@ -1216,12 +1216,12 @@ impl MetaStore {
         let range = ks.range(lo, hi);
         let mut items: Vec<(Bytes, Bytes)> = Vec::with_capacity(limit.min(1024));
         let mut more = false;
-        let mut push = |(k, v): (&Bytes, &Bytes)| -> bool {
+        let mut push = |(k, v): (&snapshot::Key, &Bytes)| -> bool {
             if items.len() == limit {
                 more = true;
                 return false;
             }
-            items.push((k.clone(), v.clone()));
+            items.push((k.to_bytes(), v.clone()));
             true
         };
         match dir {

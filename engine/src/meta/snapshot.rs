@@ -51,15 +51,101 @@ const FLAG_ZSTD: u8 = 1;
 /// Body bytes buffered before each write.
 const WRITE_CHUNK_BYTES: usize = 1 << 20;
 
+/// Longest key kept inline (no heap allocation, no pointer to chase).
+const INLINE_KEY_BYTES_MAX: usize = 30;
+
+/// A key as the in-memory state holds it: short keys (ids, index entries)
+/// inline, so comparing or hashing them touches no other cache line; longer
+/// ones as shared `Bytes`. Hashes, compares and borrows as its bytes.
+#[derive(Clone)]
+pub enum Key {
+    Inline {
+        len: u8,
+        data: [u8; INLINE_KEY_BYTES_MAX],
+    },
+    Shared(Bytes),
+}
+
+impl Key {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, data } => &data[..usize::from(*len)],
+            Key::Shared(b) => b,
+        }
+    }
+
+    /// The key as `Bytes` (a copy for inline keys, a refcount otherwise).
+    pub fn to_bytes(&self) -> Bytes {
+        match self {
+            Key::Inline { .. } => Bytes::copy_from_slice(self.as_slice()),
+            Key::Shared(b) => b.clone(),
+        }
+    }
+}
+
+impl From<Bytes> for Key {
+    fn from(b: Bytes) -> Key {
+        if b.len() <= INLINE_KEY_BYTES_MAX {
+            let mut data = [0u8; INLINE_KEY_BYTES_MAX];
+            data[..b.len()].copy_from_slice(&b);
+            Key::Inline {
+                len: b.len() as u8,
+                data,
+            }
+        } else {
+            Key::Shared(b)
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Must hash exactly as `[u8]` does, for lookups by slice.
+        self.as_slice().hash(state);
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Key) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Key) -> std::cmp::Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02x?}", self.as_slice())
+    }
+}
+
 /// One keyspace: a hash map for point gets (one probe instead of a dozen
 /// pointer-chasing comparisons down a B-tree) and an ordered set of the same
-/// keys for scans. Keys are `Bytes` clones sharing one allocation.
+/// keys for scans.
 ///
 /// Invariant: `order` holds exactly the keys of `map`.
 #[derive(Debug, Clone, Default)]
 pub struct Keyspace {
-    map: HashMap<Bytes, Bytes>,
-    order: BTreeSet<Bytes>,
+    map: HashMap<Key, Bytes>,
+    order: BTreeSet<Key>,
 }
 
 impl Keyspace {
@@ -68,6 +154,7 @@ impl Keyspace {
     }
 
     pub fn insert(&mut self, key: Bytes, value: Bytes) -> Option<Bytes> {
+        let key = Key::from(key);
         let old = self.map.insert(key.clone(), value);
         if old.is_none() {
             self.order.insert(key);
@@ -101,17 +188,17 @@ impl Keyspace {
         &'a self,
         lo: Bound<&'a [u8]>,
         hi: Bound<&'a [u8]>,
-    ) -> impl DoubleEndedIterator<Item = (&'a Bytes, &'a Bytes)> + 'a {
+    ) -> impl DoubleEndedIterator<Item = (&'a Key, &'a Bytes)> + 'a {
         self.order
             .range::<[u8], _>((lo, hi))
-            .filter_map(move |k| self.map.get_key_value(k.as_ref()))
+            .filter_map(move |k| self.map.get_key_value(k.as_slice()))
     }
 
     /// All entries in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Bytes)> {
         self.order
             .iter()
-            .filter_map(move |k| self.map.get_key_value(k.as_ref()))
+            .filter_map(move |k| self.map.get_key_value(k.as_slice()))
     }
 }
 
@@ -121,11 +208,12 @@ impl FromIterator<(Bytes, Bytes)> for Keyspace {
         let mut map = HashMap::with_capacity(iter.size_hint().0);
         let mut keys = Vec::with_capacity(iter.size_hint().0);
         for (k, v) in iter {
+            let k = Key::from(k);
             keys.push(k.clone());
             map.insert(k, v);
         }
         // Sorted input makes this a linear bulk build.
-        let order: BTreeSet<Bytes> = keys.into_iter().collect();
+        let order: BTreeSet<Key> = keys.into_iter().collect();
         assert_eq!(order.len(), map.len(), "duplicate keys in a keyspace");
         Keyspace { map, order }
     }
@@ -191,6 +279,7 @@ pub fn write(
             };
             let stored: &[u8] = compressed.as_deref().unwrap_or(value);
             buf.push(if compressed.is_some() { FLAG_ZSTD } else { 0 });
+            let key = key.as_slice();
             buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
             buf.extend_from_slice(&(stored.len() as u32).to_le_bytes());
             if compressed.is_some() {
