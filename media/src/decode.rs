@@ -398,7 +398,7 @@ impl DecodeStream {
             codec: codec_name,
             sample_rate,
             channels: channels as u16,
-            declared_frames: params.n_frames,
+            declared_frames: declared_frames(&params, sample_rate),
             bits_per_coded_sample: params.bits_per_coded_sample.or(params.bits_per_sample),
         };
         let mix = if matches!(codec, Codec::Opus(_)) && channels > 2 {
@@ -487,6 +487,14 @@ impl DecodeStream {
                     return Ok(0);
                 }
                 let spec = *decoded.spec();
+                if spec.rate != self.info.sample_rate {
+                    return Err(DecodeFailure::Fatal(MediaError::Unsupported {
+                        reason: format!(
+                            "the sample rate changes mid-stream ({} Hz to {} Hz)",
+                            self.info.sample_rate, spec.rate
+                        ),
+                    }));
+                }
                 if spec.channels.count() != self.info.channels as usize {
                     return Err(DecodeFailure::Fatal(MediaError::Unsupported {
                         reason: "the channel count changes mid-stream".to_string(),
@@ -576,6 +584,19 @@ pub(crate) fn frames_to_ms(frames: u64, rate: u32) -> u64 {
         return 0;
     }
     ((frames as u128 * 1000) / rate as u128) as u64
+}
+
+/// The header's frame count at the sample rate (MP4 counts in its track's timescale).
+fn declared_frames(params: &CodecParameters, rate: u32) -> Option<u64> {
+    let n = params.n_frames?;
+    match params.time_base {
+        Some(tb) if tb.denom != 0 && !(tb.numer == 1 && tb.denom == rate) => {
+            let frames =
+                u128::from(n) * u128::from(tb.numer) * u128::from(rate) / u128::from(tb.denom);
+            u64::try_from(frames).ok()
+        }
+        _ => Some(n),
+    }
 }
 
 /// Channel count from an AAC AudioSpecificConfig (ISO 14496-3 1.6.2.1), for MP4 files
