@@ -671,7 +671,7 @@ impl Queue {
             .min();
         QueueStats {
             depth: waiting + expired.len() as u64,
-            in_flight: leased - expired.len() as u64,
+            in_flight: leased.saturating_sub(expired.len() as u64),
             dead,
             oldest_waiting_age_ms: oldest_due.map(|t| now.saturating_sub(t)).unwrap_or(0),
         }
