@@ -33,34 +33,36 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 DURATION_S="$(ffprobe -v error -show_entries format=duration -of csv=p=0 "$INPUT")"
 
-# best_of NAME CMD...: runs CMD RUNS times under /usr/bin/time; sets BEST_S and PEAK_KB
-# to the fastest run's wall time and that run's peak RSS.
+# best_of NAME CMD...: runs CMD RUNS times under /usr/bin/time; sets BEST_S, PEAK_KB and
+# CPU_S to the fastest run's wall time, peak RSS and CPU time (user + system). CPU time
+# is printed too because it barely moves when other work loads the machine.
 best_of() {
   local name="$1"; shift
-  BEST_S=""; PEAK_KB=""
+  BEST_S=""; PEAK_KB=""; CPU_S=""
   for i in $(seq 1 "$RUNS"); do
-    /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" >"$WORK/out.log" 2>&1 || { cat "$WORK/out.log" >&2; exit 1; }
-    read -r secs kb <"$WORK/time"
-    echo "  $name run $i: ${secs} s, ${kb} KB peak" >&2
+    /usr/bin/time -f "%e %M %U %S" -o "$WORK/time" "$@" >"$WORK/out.log" 2>&1 || { cat "$WORK/out.log" >&2; exit 1; }
+    read -r secs kb user sys <"$WORK/time"
+    cpu="$(awk -v u="$user" -v s="$sys" 'BEGIN{printf "%.2f", u+s}')"
+    echo "  $name run $i: ${secs} s wall, ${cpu} s cpu, ${kb} KB peak" >&2
     if [ -z "$BEST_S" ] || awk -v a="$secs" -v b="$BEST_S" 'BEGIN{exit !(a<b)}'; then
-      BEST_S="$secs"; PEAK_KB="$kb"
+      BEST_S="$secs"; PEAK_KB="$kb"; CPU_S="$cpu"
     fi
   done
 }
 
-echo "input: $INPUT (${DURATION_S} s), runs per case: $RUNS, cores: $(nproc)"
+echo "input: $INPUT (${DURATION_S} s), runs per case: $RUNS, cores: $(nproc), load: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 best_of "ffmpeg -threads 1" ffmpeg -v error -y -threads 1 -i "$INPUT" -map 0:a \
   -threads 1 -c:a libvorbis -b:a 96k -ar 44100 "$WORK/ff-low.ogg" -map 0:a \
   -threads 1 -c:a libvorbis -b:a 160k -ar 44100 "$WORK/ff-normal.ogg" -map 0:a \
   -threads 1 -c:a libvorbis -b:a 320k -ar 44100 "$WORK/ff-high.ogg"
-FF_S="$BEST_S"; FF_KB="$PEAK_KB"
+FF_S="$BEST_S"; FF_KB="$PEAK_KB"; FF_CPU="$CPU_S"
 
 best_of "spindle 1 core" taskset -c 0 "$BIN" "$INPUT" "$WORK/sp1" --threads 1
-SP1_S="$BEST_S"; SP1_KB="$PEAK_KB"
+SP1_S="$BEST_S"; SP1_KB="$PEAK_KB"; SP1_CPU="$CPU_S"
 
 best_of "spindle 2 cores" taskset -c 0,1 "$BIN" "$INPUT" "$WORK/sp2" --threads 3
-SP2_S="$BEST_S"; SP2_KB="$PEAK_KB"
+SP2_S="$BEST_S"; SP2_KB="$PEAK_KB"; SP2_CPU="$CPU_S"
 
 # The tiers must be valid to ffmpeg, and bitrates comparable.
 for tier in low normal high; do
@@ -70,14 +72,14 @@ done
 kbps() { awk -v b="$(stat -c %s "$1")" -v d="$DURATION_S" 'BEGIN{printf "%.0f", b*8/d/1000}'; }
 
 echo
-printf '%-26s %8s %10s %12s %10s\n' "case" "time_s" "x_realtime" "vs_ffmpeg" "peak_MB"
+printf '%-20s %8s %10s %10s %8s %12s %8s\n' "case" "wall_s" "x_realtime" "vs_ffmpeg" "cpu_s" "cpu_vs_ff" "peak_MB"
 row() {
-  awk -v n="$1" -v t="$2" -v kb="$3" -v d="$DURATION_S" -v ff="$FF_S" \
-    'BEGIN{printf "%-26s %8.2f %10.1f %11.2fx %10.1f\n", n, t, d/t, ff/t, kb/1024}'
+  awk -v n="$1" -v t="$2" -v kb="$3" -v c="$4" -v d="$DURATION_S" -v ff="$FF_S" -v ffc="$FF_CPU" \
+    'BEGIN{printf "%-20s %8.2f %10.1f %9.2fx %8.2f %11.2fx %8.1f\n", n, t, d/t, ff/t, c, ffc/c, kb/1024}'
 }
-row "ffmpeg -threads 1" "$FF_S" "$FF_KB"
-row "spindle, 1 core" "$SP1_S" "$SP1_KB"
-row "spindle, 2 cores" "$SP2_S" "$SP2_KB"
+row "ffmpeg -threads 1" "$FF_S" "$FF_KB" "$FF_CPU"
+row "spindle, 1 core" "$SP1_S" "$SP1_KB" "$SP1_CPU"
+row "spindle, 2 cores" "$SP2_S" "$SP2_KB" "$SP2_CPU"
 echo
 echo "avg bitrate kbps (low/normal/high): ffmpeg $(kbps "$WORK/ff-low.ogg")/$(kbps "$WORK/ff-normal.ogg")/$(kbps "$WORK/ff-high.ogg")," \
   "spindle $(kbps "$WORK/sp2/low.ogg")/$(kbps "$WORK/sp2/normal.ogg")/$(kbps "$WORK/sp2/high.ogg")"

@@ -288,6 +288,23 @@ fn id3_in_wav_multi_values_slashes_commas_and_front_cover() {
 }
 
 #[test]
+fn id3_chunk_in_aiff() {
+    let mut tag = Tag::new(TagType::Id3v2);
+    tag.push(text(ItemKey::TrackTitle, "Underground"));
+    tag.push(text(ItemKey::TrackArtist, "Deep Path"));
+    tag.push(text(ItemKey::Genre, "Ambient"));
+    let bytes = with_tag(aiff(&signal(48_000, 2, 48_000), 48_000), tag);
+    let out = run(bytes, Some("x.aiff"), &Limits::default()).unwrap();
+    let t = &out.report.tags;
+    assert_eq!(t.title.as_deref(), Some("Underground"));
+    assert_eq!(
+        (t.artists.as_slice(), t.genres.as_slice()),
+        (&["Deep Path".to_string()][..], &["Ambient".to_string()][..])
+    );
+    assert_eq!(out.report.duration_ms, 1000);
+}
+
+#[test]
 fn riff_info_splits_on_semicolons_only() {
     let mut tag = Tag::new(TagType::RiffInfo);
     tag.push(text(ItemKey::TrackArtist, "Alpha; Beta/Gamma"));

@@ -184,6 +184,38 @@ fn mp3_cbr_vbr_xing_and_crc() {
     );
     assert_eq!(out.report.tags.genres, ["Folk, World & Country", "Choral"]);
 
+    // ID3v1 only (Latin-1, fixed fields, no genre of that name in its table).
+    let v1 = scratch("v1.mp3");
+    ffmpeg(&[
+        "-i",
+        src.to_str().unwrap(),
+        "-c:a",
+        "libmp3lame",
+        "-b:a",
+        "128k",
+        "-write_id3v2",
+        "0",
+        "-write_id3v1",
+        "1",
+        "-metadata",
+        "title=Thème d'amour",
+        "-metadata",
+        "artist=AC/DC Tribute Orchestra",
+        "-metadata",
+        "album=Canções",
+        "-metadata",
+        "track=3",
+        "-metadata",
+        "date=2019",
+        v1.to_str().unwrap(),
+    ]);
+    let out = run(std::fs::read(&v1).unwrap(), None, &Limits::default()).unwrap();
+    let t = &out.report.tags;
+    assert_eq!(t.title.as_deref(), Some("Thème d'amour"));
+    assert_eq!(t.artists, ["AC/DC Tribute Orchestra"]);
+    assert_eq!(t.album.as_deref(), Some("Canções"));
+    assert_eq!((t.track_number, t.year), (Some(3), Some(2019)));
+
     if !have_lame() {
         println!("SKIP mp3 CRC: lame not on PATH");
         return;
