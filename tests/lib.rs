@@ -187,7 +187,10 @@ impl Server {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "spindle serve never became ready");
+            assert!(
+                Instant::now() < deadline,
+                "spindle serve never became ready"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -410,7 +413,9 @@ pub fn parse_response(raw: &[u8], head_request: bool) -> Result<HttpResponse, St
     } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         decode_chunked(rest)?
     } else if let Some(len) = find("content-length") {
-        let len: usize = len.parse().map_err(|_| format!("bad content-length {len}"))?;
+        let len: usize = len
+            .parse()
+            .map_err(|_| format!("bad content-length {len}"))?;
         if rest.len() < len {
             return Err(format!("body short: {} of {len} bytes", rest.len()));
         }
@@ -481,8 +486,11 @@ mod tests {
 
     #[test]
     fn parses_length_chunked_and_head_responses() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: b\r\n\r\nabcdef", false)
-            .unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: b\r\n\r\nabcdef",
+            false,
+        )
+        .unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.body, b"abc");
         assert_eq!(r.header("x-a"), Some("b"));

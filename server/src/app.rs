@@ -91,7 +91,11 @@ impl App {
             open_storage(&blob_dir, config.io_backend).map_err(dir_err(&blob_dir))?;
         let meta_storage =
             open_storage(&meta_dir, config.io_backend).map_err(dir_err(&meta_dir))?;
-        let blobs = BlobStore::open(blob_storage, BlobConfig::default())?;
+        let blob_config = BlobConfig {
+            segment_size_bytes_max: config.blob_segment_size_bytes_max,
+            ..BlobConfig::default()
+        };
+        let blobs = BlobStore::open(blob_storage, blob_config)?;
         let meta = MetaStore::open(meta_storage, MetaConfig::default(), Arc::new(SystemClock))?;
         let queue = Queue::new(&meta, TRANSCODE_QUEUE, QueueConfig::default())?;
         let (tokens, new_tokens) = Tokens::load_or_create(&meta, &config.tokens_path())?;

@@ -58,6 +58,7 @@ pub struct ConfigLayer {
     pub max_header_bytes: Option<u32>,
     pub shutdown_grace_ms: Option<u64>,
     pub io_backend: Option<String>,
+    pub blob_segment_size_bytes_max: Option<u64>,
 }
 
 macro_rules! over_fields {
@@ -85,7 +86,8 @@ impl ConfigLayer {
             max_header_count,
             max_header_bytes,
             shutdown_grace_ms,
-            io_backend
+            io_backend,
+            blob_segment_size_bytes_max
         )
     }
 
@@ -147,6 +149,9 @@ impl ConfigLayer {
                 "MAX_HEADER_BYTES" => layer.max_header_bytes = Some(num(&value).map_err(bad)?),
                 "SHUTDOWN_GRACE_MS" => layer.shutdown_grace_ms = Some(num(&value).map_err(bad)?),
                 "IO_BACKEND" => layer.io_backend = Some(value.clone()),
+                "BLOB_SEGMENT_SIZE_BYTES_MAX" => {
+                    layer.blob_segment_size_bytes_max = Some(num(&value).map_err(bad)?)
+                }
                 _ => {}
             }
         }
@@ -192,12 +197,17 @@ pub struct ServeConfig {
     pub shutdown_grace_ms: u64,
     /// Storage backend of the stores.
     pub io_backend: BackendChoice,
+    /// A blob segment file is sealed at this size; only sealed segments are
+    /// compacted, so tests set it small to see garbage reclaimed.
+    pub blob_segment_size_bytes_max: u64,
 }
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default data directory (relative to the working directory).
 pub const DEFAULT_DATA_DIR: &str = "./spindle-data";
+/// Default size at which blob segments are sealed: 1 GiB.
+pub const DEFAULT_BLOB_SEGMENT_SIZE_BYTES_MAX: u64 = 1 << 30;
 /// Default upload limit: 2 GiB.
 pub const DEFAULT_UPLOAD_LIMIT_BYTES: u64 = 2 << 30;
 
@@ -242,6 +252,9 @@ impl ServeConfig {
             max_header_bytes: layer.max_header_bytes.unwrap_or(16 * 1024),
             shutdown_grace_ms: layer.shutdown_grace_ms.unwrap_or(10_000),
             io_backend,
+            blob_segment_size_bytes_max: layer
+                .blob_segment_size_bytes_max
+                .unwrap_or(DEFAULT_BLOB_SEGMENT_SIZE_BYTES_MAX),
         };
         config.validate()?;
         Ok(config)
@@ -274,6 +287,9 @@ impl ServeConfig {
             if ms == 0 {
                 return invalid(field, "must be at least 1 ms");
             }
+        }
+        if self.blob_segment_size_bytes_max < 1 << 20 {
+            return invalid("blob_segment_size_bytes_max", "must be at least 1 MiB");
         }
         if self.worker_threads > 1024 {
             return invalid("worker_threads", "at most 1024");

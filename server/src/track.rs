@@ -31,7 +31,7 @@ pub const TRANSCODE_MAX_ATTEMPTS: u32 = 5;
 pub const QUALITIES: [&str; 4] = ["low", "normal", "high", "original"];
 
 /// What kind of audio a track is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Song,

@@ -78,6 +78,10 @@ struct ServeArgs {
     /// Storage backend: auto, portable or uring [default: auto].
     #[arg(long, value_name = "BACKEND")]
     io_backend: Option<String>,
+    /// Blob segment files are sealed (and become compactable) at this size
+    /// [default: 1073741824].
+    #[arg(long, value_name = "BYTES")]
+    blob_segment_size_bytes_max: Option<u64>,
 }
 
 impl ServeArgs {
@@ -97,6 +101,7 @@ impl ServeArgs {
             max_header_bytes: self.max_header_bytes,
             shutdown_grace_ms: self.shutdown_grace_ms,
             io_backend: self.io_backend.clone(),
+            blob_segment_size_bytes_max: self.blob_segment_size_bytes_max,
         }
     }
 }
