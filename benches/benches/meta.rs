@@ -10,6 +10,11 @@
 //!
 //! Run: `cargo bench -p spindle-benches --bench meta`.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "benchmark harness: a failed unwrap aborts the run, which is the right outcome"
+)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,6 +3,10 @@
 //! pass, ENOSPC). Nothing may panic; after a crash and reopen every
 //! acknowledged batch is there whole, and a batch whose commit failed is
 //! there whole or not at all.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] fns: a failed unwrap is a failed test"
+)]
 
 use std::sync::Arc;
 

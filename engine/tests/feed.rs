@@ -1,5 +1,9 @@
 //! The change feed: every change once and in order across restarts, waiting
 //! without busy loops, truncation after compaction past a consumer, lag.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] fns: a failed unwrap is a failed test"
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,10 @@
 //! Replays the log-record fuzz corpus (`fuzz/corpus/log_record/`) through the
 //! decoder, with the fuzz target's checks, so CI exercises it without a
 //! fuzzer. Seeds named `valid-*` must decode; `invalid-*` must be rejected.
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers outside #[test] fns: a failed unwrap is a failed test"
+)]
 
 use std::path::PathBuf;
 

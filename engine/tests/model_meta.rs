@@ -4,6 +4,11 @@
 //! is durable, so the model is its own durable shadow; a batch whose commit
 //! failed is "maybe": after the next crash it must be there whole or not at
 //! all.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers outside #[test] fns: a failed unwrap is a failed test"
+)]
 
 use std::collections::BTreeMap;
 use std::ops::Bound;

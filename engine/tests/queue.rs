@@ -2,6 +2,10 @@
 //! redelivery on expiry, backoff, dead-lettering, idempotent enqueue, and
 //! ack atomic with other writes. Run over the fault-injecting (in-memory),
 //! portable and io_uring backends.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] fns: a failed unwrap is a failed test"
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -247,10 +251,7 @@ fn idempotency_key_dedupes() {
     // Still deduplicated after the job is done.
     let l = q.lease("w", 1000).unwrap().unwrap();
     q.ack(&l).unwrap();
-    let again = q.enqueue(job(
-        &format!("{}", if l.job_id == a { "same" } else { "other" }),
-        3,
-    ));
+    let again = q.enqueue(job(if l.job_id == a { "same" } else { "other" }, 3));
     assert_eq!(again.unwrap(), l.job_id);
     assert_eq!(q.stats().depth, 1);
     assert_eq!(

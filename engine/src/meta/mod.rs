@@ -952,15 +952,8 @@ impl MetaStore {
             if !undone {
                 inner.poisoned.store(true, Ordering::SeqCst);
             }
-            for (i, (ticket, _, _)) in accepted.iter().enumerate() {
-                out.push((
-                    *ticket,
-                    Err(if i == 0 {
-                        err.duplicate()
-                    } else {
-                        err.duplicate()
-                    }),
-                ));
+            for (ticket, _, _) in &accepted {
+                out.push((*ticket, Err(err.duplicate())));
             }
             return out;
         }

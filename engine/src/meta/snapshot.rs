@@ -294,7 +294,6 @@ pub fn write(
         }
     }
     flush(&mut buf, &mut offset)?;
-    drop(flush);
     let body_len = offset - SNAPSHOT_HEADER_BYTES as u64;
     let mut h = [0u8; SNAPSHOT_HEADER_BYTES];
     h[0..4].copy_from_slice(&SNAPSHOT_MAGIC);
