@@ -181,6 +181,11 @@ impl Server {
         };
         self.addr = addr;
         self.child = Some(child);
+        if self.options.args.iter().any(|a| a == "--tls-cert") {
+            // TLS: this plain client cannot ask /readyz; the address file is
+            // written after the listener is bound, which is enough.
+            return;
+        }
         loop {
             if let Ok(r) = try_request(addr, "GET", "/readyz", &[], b"") {
                 if r.status == 200 {
@@ -255,13 +260,23 @@ impl Server {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the server.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our own, still unreaped child's pid.
+        unsafe {
+            libc::kill(self.pid() as libc::pid_t, signal);
+        }
+    }
+
     /// Sends SIGTERM and waits (bounded) for the process to exit.
     pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit()
+    }
+
+    /// Waits (at most 30 s) for the server to exit and returns its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("server running");
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
@@ -269,10 +284,16 @@ impl Server {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("spindle serve did not exit within 30 s of SIGTERM");
+                panic!("spindle serve did not exit within 30 s");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts the server again on the same data after it exited.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "server still running");
+        self.spawn();
     }
 
     /// Stops the server (SIGTERM) and starts it again on the same data.
