@@ -290,6 +290,10 @@ pub(crate) struct DecodeStream {
     pub(crate) frames_decoded: u64,
     /// A demuxer error that ended the stream early, if any.
     pub(crate) stream_error: Option<String>,
+    /// Frames still to drop at the start (MP4 edit list: encoder priming).
+    skip_frames: u64,
+    /// Frames to present at most (MP4 edit list), if known.
+    keep_frames: Option<u64>,
 }
 
 /// What one call to [`DecodeStream::next_packet`] produced.
@@ -417,7 +421,18 @@ impl DecodeStream {
             good_packets: 0,
             frames_decoded: 0,
             stream_error: None,
+            skip_frames: 0,
+            keep_frames: None,
         })
+    }
+
+    /// Applies a container's edit: drop `skip` frames at the start, present at most
+    /// `keep`. A skip longer than a second is not priming and is ignored.
+    pub(crate) fn set_edit(&mut self, skip: u64, keep: Option<u64>) {
+        if skip <= u64::from(self.info.sample_rate) {
+            self.skip_frames = skip;
+        }
+        self.keep_frames = keep.filter(|&k| k > 0);
     }
 
     pub(crate) fn out_channels(&self) -> usize {
@@ -516,9 +531,20 @@ impl DecodeStream {
                     return Ok(0);
                 };
                 convert_into(&decoded, buf);
-                let planes: Vec<&[f32]> = (0..spec.channels.count()).map(|c| buf.chan(c)).collect();
+                let (start, end) = {
+                    let start = self.skip_frames.min(frames as u64);
+                    self.skip_frames -= start;
+                    let mut end = frames as u64;
+                    if let Some(keep) = self.keep_frames {
+                        end = end.min(start + keep.saturating_sub(self.frames_decoded));
+                    }
+                    (start as usize, end.max(start) as usize)
+                };
+                let planes: Vec<&[f32]> = (0..spec.channels.count())
+                    .map(|c| &buf.chan(c)[start..end])
+                    .collect();
                 self.mix.apply(&planes, out);
-                Ok(frames)
+                Ok(end - start)
             }
             Codec::Opus(state) => {
                 let decoded = match &mut state.decoder {

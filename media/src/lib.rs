@@ -17,6 +17,7 @@ mod decode;
 mod encode;
 mod error;
 mod loudness;
+mod mp4;
 mod resample;
 mod tags;
 mod transcode;

@@ -149,12 +149,21 @@ fn open<R: Source>(
         .map_err(io_err)?;
     let tag_info = read_tags(&mut source, file_name_hint).map_err(io_err)?;
     check_pcm_chunks(&head, len_bytes)?;
+    let edit = if head.get(4..8) == Some(b"ftyp") {
+        crate::mp4::audio_edit(&mut source, len_bytes).map_err(io_err)?
+    } else {
+        None
+    };
     source.seek(SeekFrom::Start(0)).map_err(io_err)?;
     let adapter: Box<dyn MediaSource> = Box::new(SourceAdapter {
         inner: source,
         len_bytes,
     });
-    let stream = DecodeStream::open(adapter, &head)?;
+    let mut stream = DecodeStream::open(adapter, &head)?;
+    if let Some(edit) = edit {
+        let (skip, keep) = edit.frames_at(stream.info.sample_rate);
+        stream.set_edit(skip, keep);
+    }
     check_header_claims(&stream.info, len_bytes)?;
     Ok((stream, tag_info, len_bytes))
 }
