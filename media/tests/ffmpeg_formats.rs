@@ -14,7 +14,7 @@ use std::process::Command;
 use common::*;
 use lofty::config::WriteOptions;
 use lofty::file::AudioFile;
-use lofty::prelude::{ItemKey, TaggedFileExt};
+use lofty::prelude::{ItemKey, TagExt, TaggedFileExt};
 use lofty::probe::Probe;
 use lofty::tag::{ItemValue, Tag, TagItem, TagType};
 use spindle_media::{Limits, MediaError};
@@ -106,6 +106,36 @@ fn flac_16_and_24_bit_and_truncated() {
     let f24 = encode(&src, "flac", &["-c:a", "flac", "-sample_fmt", "s32"]);
     let out = check(&f24, "flac", 2, 0.0);
     assert_eq!(out.report.stream.bits_per_coded_sample, Some(24));
+
+    // A FLAC with an ID3v2 tag in front (some taggers write one) and no Vorbis fields.
+    let bare = scratch("bare.flac");
+    ffmpeg(&[
+        "-i",
+        src.to_str().unwrap(),
+        "-map_metadata",
+        "-1",
+        "-c:a",
+        "flac",
+        bare.to_str().unwrap(),
+    ]);
+    let mut id3 = Tag::new(TagType::Id3v2);
+    id3.push(TagItem::new(
+        ItemKey::TrackTitle,
+        ItemValue::Text("From ID3".into()),
+    ));
+    id3.push(TagItem::new(
+        ItemKey::TrackArtist,
+        ItemValue::Text("Deep Path".into()),
+    ));
+    let mut bytes = Vec::new();
+    id3.dump_to(&mut bytes, WriteOptions::default()).unwrap();
+    assert!(bytes.starts_with(b"ID3"));
+    bytes.extend(std::fs::read(&bare).unwrap());
+    let out = run(bytes, None, &Limits::default()).unwrap();
+    assert_eq!(out.report.stream.codec, "flac");
+    assert_eq!(out.report.tags.title.as_deref(), Some("From ID3"));
+    assert_eq!(out.report.tags.artists, ["Deep Path"]);
+    assert_eq!(out.report.duration_ms, 4000);
 
     let mut cut = std::fs::read(&f16).unwrap();
     cut.truncate(cut.len() * 2 / 5);
