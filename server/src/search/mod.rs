@@ -1,0 +1,1065 @@
+//! Search: a tantivy index of tracks, artists and albums under
+//! `<data-dir>/search/`, written only by a change-feed consumer.
+//!
+//! The request path only reads ([`SearchIndex::search`]); one thread,
+//! `spindle-search-indexer`, polls the metadata store's change feed (consumer
+//! [`FEED_CONSUMER`]), turns each committed batch into document updates, and
+//! commits the index at most every `commit_interval_ms` while it has
+//! something new, then reloads the reader so the change is findable.
+//!
+//! **Invariant (checkpoint):** every tantivy commit carries, as its payload,
+//! the feed LSN it includes everything up to; the store's checkpoint of the
+//! consumer is set to that LSN only after the commit. On start the indexer
+//! resumes exactly after the committed payload: nothing is missed, and a
+//! change applied twice (crash between the two) is harmless because applying
+//! is idempotent (a document is deleted by its key before it is added).
+//! When the feed no longer holds the history the index needs
+//! ([`FeedTruncated`](spindle_engine::meta::Error::FeedTruncated)), or the
+//! index has no payload (new, or removed by hand), it is rebuilt from a full
+//! scan: read the head LSN, index every ready track and catalog entity,
+//! commit with that LSN, and replay the feed after it. `spindle reindex`
+//! ([`reindex`]) does the same offline.
+//!
+//! Documents: one per ready track (`t:<track id>`), one per artist
+//! (`a:<artist id>`) and one per album (`l:<album id>`) while the catalog
+//! holds a ready track of theirs. Entity documents are rebuilt from the
+//! store's catalog records whenever a batch touches them.
+//!
+//! Matching ([`analyze`]): folded text, punctuation variants, CJK unigrams and
+//! bigrams, a prefix field; queries add typo matching (Damerau-Levenshtein:
+//! a transposition is one edit). Ranking: each query term scores the best of
+//! exact (title 90 > artist 80 > album 70), prefix (60/50/40) and fuzzy
+//! (30/20/10) matches; terms add up; equal scores are ordered by
+//! [`Popularity`] when one is installed, then by id.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use spindle_engine::meta::{index as meta_index, ChangeOp, Direction, FeedConsumer, MetaStore};
+use tantivy::collector::{FilterCollector, TopDocs};
+use tantivy::query::{
+    BooleanQuery, BoostQuery, ConstScoreQuery, DisjunctionMaxQuery, FuzzyTermQuery, Occur, Query,
+    TermQuery,
+};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, STORED, STRING,
+};
+use tantivy::tokenizer::{TextAnalyzer, WhitespaceTokenizer};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+use crate::catalog::{self, Member, TrackSummary};
+use crate::track::{Kind, Track, TRACKS_KEYSPACE};
+
+pub mod analyze;
+
+/// Name of the indexer's change-feed consumer.
+pub const FEED_CONSUMER: &str = "search-indexer";
+/// Name of the tokenizer that splits pre-analysed terms on spaces.
+const TOKENIZER: &str = "spindle_terms";
+/// Most results of one kind a query returns.
+pub const SEARCH_LIMIT_MAX: usize = 100;
+/// Without index changes, the payload is committed once this many LSNs or
+/// seconds have passed.
+const IDLE_COMMIT_LSNS: u64 = 10_000;
+const IDLE_COMMIT_SECS: u64 = 60;
+/// tantivy's floor on writer memory (15 MB; it refuses less).
+const WRITER_MEMORY_BYTES_MIN: usize = 15_000_000;
+/// Visibility lag histogram bounds, in milliseconds (`+Inf` implicit).
+const LAG_BOUNDS_MS: [u64; 12] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 60000];
+
+/// Failures of search and indexing.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("search index: {0}")]
+    Index(#[from] tantivy::TantivyError),
+    #[error("search index directory {path}: {source}")]
+    Dir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("search index directory: {0}")]
+    OpenDir(#[from] tantivy::directory::error::OpenDirectoryError),
+    #[error("metadata store: {0}")]
+    Store(#[from] spindle_engine::meta::Error),
+    #[error("search index payload {payload:?} is not an LSN")]
+    BadPayload { payload: String },
+    #[error("the indexer thread cannot be started: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A source of play counts, for ordering equal scores (the charts layer
+/// installs one through [`SearchIndex::set_popularity`]).
+pub trait Popularity: Send + Sync {
+    /// All-time plays of `track_id` (0 when unknown).
+    fn plays(&self, track_id: &str) -> u64;
+}
+
+/// Tuning of the indexer.
+#[derive(Debug, Clone)]
+pub struct IndexerConfig {
+    /// Longest wait of one feed poll.
+    pub poll_wait_ms: u64,
+    /// Shortest time between two commits while changes arrive.
+    pub commit_interval_ms: u64,
+    /// Most changes taken per poll.
+    pub changes_per_poll_max: usize,
+    /// Memory of the tantivy writer (at least 15 MB).
+    pub writer_memory_bytes: usize,
+}
+
+impl Default for IndexerConfig {
+    fn default() -> Self {
+        IndexerConfig {
+            poll_wait_ms: 20,
+            commit_interval_ms: 100,
+            changes_per_poll_max: 1024,
+            writer_memory_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Fields {
+    doc_key: Field,
+    doc_type: Field,
+    kind: Field,
+    id: Field,
+    display: Field,
+    exact: [Field; 3],
+    prefix: [Field; 3],
+}
+
+const TYPE_TRACK: u64 = 0;
+const TYPE_ARTIST: u64 = 1;
+const TYPE_ALBUM: u64 = 2;
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let text = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(TOKENIZER)
+            .set_index_option(IndexRecordOption::Basic)
+            .set_fieldnorms(false),
+    );
+    let fields = Fields {
+        doc_key: b.add_text_field("doc_key", STRING),
+        doc_type: b.add_u64_field("doc_type", FAST),
+        kind: b.add_text_field("kind", STRING),
+        id: b.add_text_field("id", STORED),
+        display: b.add_text_field("display", STORED),
+        exact: [
+            b.add_text_field("title", text.clone()),
+            b.add_text_field("artist", text.clone()),
+            b.add_text_field("album", text.clone()),
+        ],
+        prefix: [
+            b.add_text_field("title_prefix", text.clone()),
+            b.add_text_field("artist_prefix", text.clone()),
+            b.add_text_field("album_prefix", text),
+        ],
+    };
+    (b.build(), fields)
+}
+
+/// Scores of a term matching exactly, by prefix and by typo, in the title,
+/// artist and album fields.
+const EXACT_SCORES: [f32; 3] = [90.0, 80.0, 70.0];
+const PREFIX_SCORES: [f32; 3] = [60.0, 50.0, 40.0];
+const FUZZY_SCORES: [f32; 3] = [30.0, 20.0, 10.0];
+
+/// One search hit.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hit {
+    pub id: String,
+    pub score: f32,
+    /// The track summary, artist or album as JSON.
+    pub item: serde_json::Value,
+}
+
+/// Ranked hits of each kind.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SearchResults {
+    pub tracks: Vec<Hit>,
+    pub artists: Vec<Hit>,
+    pub albums: Vec<Hit>,
+}
+
+/// Counters and the visibility lag histogram.
+#[derive(Default)]
+struct Stats {
+    indexed_lsn: AtomicU64,
+    commits: AtomicU64,
+    rebuilds: AtomicU64,
+    docs_indexed: AtomicU64,
+    errors: AtomicU64,
+    lag_buckets: [AtomicU64; LAG_BOUNDS_MS.len() + 1],
+    lag_sum_ms: AtomicU64,
+    lag_last_ms: AtomicU64,
+}
+
+impl Stats {
+    fn observe_lag(&self, lag_ms: u64) {
+        let slot = LAG_BOUNDS_MS
+            .iter()
+            .position(|&b| lag_ms <= b)
+            .unwrap_or(LAG_BOUNDS_MS.len());
+        self.lag_buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.lag_sum_ms.fetch_add(lag_ms, Ordering::Relaxed);
+        self.lag_last_ms.store(lag_ms, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of the indexer's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchStats {
+    /// Everything up to this feed LSN is findable.
+    pub indexed_lsn: u64,
+    pub commits: u64,
+    pub rebuilds: u64,
+    pub docs_indexed: u64,
+    pub errors: u64,
+    /// Tracks whose visibility lag was measured.
+    pub lag_samples: u64,
+    /// Upper bound of the bucket holding the 99th percentile lag (`None`:
+    /// no samples, `Some(u64::MAX)`: beyond the last bound).
+    pub lag_p99_ms_at_most: Option<u64>,
+}
+
+/// The readable side of the index, shared with the request path.
+pub struct SearchIndex {
+    index: Index,
+    reader: IndexReader,
+    fields: Fields,
+    stats: Stats,
+    popularity: RwLock<Option<Arc<dyn Popularity>>>,
+}
+
+impl std::fmt::Debug for SearchIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchIndex")
+            .field(
+                "indexed_lsn",
+                &self.stats.indexed_lsn.load(Ordering::Relaxed),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_index(dir: &Path) -> Result<(Index, Fields), SearchError> {
+    let dir_err = |source| SearchError::Dir {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(dir_err)?;
+    let (schema, fields) = schema();
+    let opened = tantivy::directory::MmapDirectory::open(dir)
+        .map_err(SearchError::from)
+        .and_then(|d| Index::open_or_create(d, schema.clone()).map_err(SearchError::from));
+    let index = match opened {
+        Ok(index) => index,
+        Err(e) => {
+            // An index of another schema version, or damaged: it is derived
+            // data, so it is thrown away and rebuilt from the store.
+            tracing::warn!(error = %e, dir = %dir.display(), "search index unusable; rebuilding it");
+            std::fs::remove_dir_all(dir).map_err(dir_err)?;
+            std::fs::create_dir_all(dir).map_err(dir_err)?;
+            let d = tantivy::directory::MmapDirectory::open(dir)?;
+            Index::open_or_create(d, schema)?
+        }
+    };
+    index.tokenizers().register(
+        TOKENIZER,
+        TextAnalyzer::builder(WhitespaceTokenizer::default()).build(),
+    );
+    Ok((index, fields))
+}
+
+fn committed_lsn(index: &Index) -> Result<Option<u64>, SearchError> {
+    match index.load_metas()?.payload {
+        None => Ok(None),
+        Some(p) => p
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| SearchError::BadPayload { payload: p }),
+    }
+}
+
+impl SearchIndex {
+    fn open(dir: &Path) -> Result<SearchIndex, SearchError> {
+        let (index, fields) = open_index(dir)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        let s = SearchIndex {
+            index,
+            reader,
+            fields,
+            stats: Stats::default(),
+            popularity: RwLock::new(None),
+        };
+        if let Ok(Some(lsn)) = committed_lsn(&s.index) {
+            s.stats.indexed_lsn.store(lsn, Ordering::Release);
+        }
+        Ok(s)
+    }
+
+    /// Installs the play counts used to order equal scores.
+    pub fn set_popularity(&self, popularity: Arc<dyn Popularity>) {
+        let mut g = self.popularity.write().unwrap_or_else(|p| p.into_inner());
+        *g = Some(popularity);
+    }
+
+    /// Everything committed to the feed up to this LSN is findable.
+    pub fn indexed_lsn(&self) -> u64 {
+        self.stats.indexed_lsn.load(Ordering::Acquire)
+    }
+
+    /// Waits until [`Self::indexed_lsn`] reaches `lsn`; false on timeout.
+    pub fn wait_for_lsn(&self, lsn: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.indexed_lsn() < lsn {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    pub fn stats(&self) -> SearchStats {
+        let s = &self.stats;
+        let buckets: Vec<u64> = s
+            .lag_buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = buckets.iter().sum();
+        let p99 = if total == 0 {
+            None
+        } else {
+            let want = total - total / 100;
+            let mut seen = 0;
+            let mut bound = u64::MAX;
+            for (i, n) in buckets.iter().enumerate() {
+                seen += n;
+                if seen >= want {
+                    bound = LAG_BOUNDS_MS.get(i).copied().unwrap_or(u64::MAX);
+                    break;
+                }
+            }
+            Some(bound)
+        };
+        SearchStats {
+            indexed_lsn: self.indexed_lsn(),
+            commits: s.commits.load(Ordering::Relaxed),
+            rebuilds: s.rebuilds.load(Ordering::Relaxed),
+            docs_indexed: s.docs_indexed.load(Ordering::Relaxed),
+            errors: s.errors.load(Ordering::Relaxed),
+            lag_samples: total,
+            lag_p99_ms_at_most: p99,
+        }
+    }
+
+    /// Appends the indexer's metrics (Prometheus text) to `out`.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let s = &self.stats;
+        let name = "spindle_search_visibility_lag_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from a track becoming ready to being findable.\n# TYPE {name} histogram"
+        );
+        let mut cumulative = 0u64;
+        for (i, b) in s.lag_buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            let le = LAG_BOUNDS_MS
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |ms| (*ms as f64 / 1e3).to_string());
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_sum {}\n{name}_count {cumulative}",
+            s.lag_sum_ms.load(Ordering::Relaxed) as f64 / 1e3
+        );
+        crate::metrics::gauge(
+            out,
+            "spindle_search_visibility_lag_last_seconds",
+            "Visibility lag of the most recently indexed ready track.",
+            s.lag_last_ms.load(Ordering::Relaxed) as f64 / 1e3,
+        );
+        crate::metrics::gauge(
+            out,
+            "spindle_search_indexed_lsn",
+            "Feed LSN the search index is committed up to.",
+            self.indexed_lsn() as f64,
+        );
+        let counters = [
+            (
+                "spindle_search_commits_total",
+                "Search index commits.",
+                &s.commits,
+            ),
+            (
+                "spindle_search_rebuilds_total",
+                "Full rebuilds of the search index.",
+                &s.rebuilds,
+            ),
+            (
+                "spindle_search_docs_indexed_total",
+                "Documents written to the search index.",
+                &s.docs_indexed,
+            ),
+            (
+                "spindle_search_indexer_errors_total",
+                "Indexer failures (retried).",
+                &s.errors,
+            ),
+        ];
+        for (n, help, c) in counters {
+            crate::metrics::counter(out, n, help, c.load(Ordering::Relaxed));
+        }
+    }
+
+    fn term_clause(&self, t: &analyze::QueryTerm) -> Box<dyn Query> {
+        let f = &self.fields;
+        let mut disjuncts: Vec<Box<dyn Query>> = Vec::new();
+        for i in 0..3 {
+            let exact = Term::from_field_text(f.exact[i], &t.text);
+            disjuncts.push(Box::new(ConstScoreQuery::new(
+                Box::new(TermQuery::new(exact.clone(), IndexRecordOption::Basic)),
+                EXACT_SCORES[i],
+            )));
+            if t.prefix {
+                let p = Term::from_field_text(f.prefix[i], &t.text);
+                disjuncts.push(Box::new(ConstScoreQuery::new(
+                    Box::new(TermQuery::new(p, IndexRecordOption::Basic)),
+                    PREFIX_SCORES[i],
+                )));
+            }
+            if t.fuzzy_distance > 0 {
+                disjuncts.push(Box::new(ConstScoreQuery::new(
+                    Box::new(FuzzyTermQuery::new(exact, t.fuzzy_distance, true)),
+                    FUZZY_SCORES[i],
+                )));
+            }
+        }
+        Box::new(DisjunctionMaxQuery::new(disjuncts))
+    }
+
+    fn build_query(&self, q: &str, kind: Option<Kind>) -> Option<Box<dyn Query>> {
+        let words = analyze::query_words(q);
+        if words.is_empty() {
+            return None;
+        }
+        let mut must: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for word in &words {
+            let alternatives: Vec<Box<dyn Query>> = word
+                .iter()
+                .map(|alt| {
+                    let terms: Vec<(Occur, Box<dyn Query>)> = alt
+                        .iter()
+                        .map(|t| (Occur::Must, self.term_clause(t)))
+                        .collect();
+                    // The mean, not the sum: "ac/dc" as one joined term and
+                    // as two parts weighs the same.
+                    let q: Box<dyn Query> = Box::new(BooleanQuery::new(terms));
+                    Box::new(BoostQuery::new(q, 1.0 / alt.len().max(1) as f32)) as Box<dyn Query>
+                })
+                .collect();
+            must.push((
+                Occur::Must,
+                Box::new(DisjunctionMaxQuery::new(alternatives)),
+            ));
+        }
+        if let Some(kind) = kind {
+            let term = Term::from_field_text(self.fields.kind, kind_str(kind));
+            must.push((
+                Occur::Must,
+                Box::new(ConstScoreQuery::new(
+                    Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
+                    0.0,
+                )),
+            ));
+        }
+        Some(Box::new(BooleanQuery::new(must)))
+    }
+
+    /// Ranked tracks, artists and albums for `q` (at most `limit` of each),
+    /// optionally only of `kind`.
+    pub fn search(
+        &self,
+        q: &str,
+        kind: Option<Kind>,
+        limit: usize,
+    ) -> Result<SearchResults, SearchError> {
+        let limit = limit.clamp(1, SEARCH_LIMIT_MAX);
+        let Some(query) = self.build_query(q, kind) else {
+            return Ok(SearchResults::default());
+        };
+        let searcher = self.reader.searcher();
+        // Twice the limit, so that popularity can reorder ties at the edge.
+        let top = |doc_type: u64| {
+            FilterCollector::new(
+                "doc_type".to_owned(),
+                move |t: u64| t == doc_type,
+                TopDocs::with_limit(limit * 2),
+            )
+        };
+        let (tracks, artists, albums) = searcher.search(
+            &query,
+            &(top(TYPE_TRACK), top(TYPE_ARTIST), top(TYPE_ALBUM)),
+        )?;
+        let popularity = self
+            .popularity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut out = SearchResults::default();
+        for (list, hits, with_popularity) in [
+            (&mut out.tracks, tracks, true),
+            (&mut out.artists, artists, false),
+            (&mut out.albums, albums, false),
+        ] {
+            let mut ranked = Vec::with_capacity(hits.len());
+            for (score, addr) in hits {
+                let doc: TantivyDocument = searcher.doc(addr)?;
+                let id = doc
+                    .get_first(self.fields.id)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_owned();
+                let item = doc
+                    .get_first(self.fields.display)
+                    .and_then(|v| v.as_str())
+                    .and_then(|s| serde_json::from_str(s).ok())
+                    .unwrap_or(serde_json::Value::Null);
+                let plays = match (&popularity, with_popularity) {
+                    (Some(p), true) => p.plays(&id),
+                    _ => 0,
+                };
+                ranked.push((score, plays, Hit { id, score, item }));
+            }
+            ranked.sort_by(|a, b| {
+                b.0.total_cmp(&a.0)
+                    .then(b.1.cmp(&a.1))
+                    .then_with(|| a.2.id.cmp(&b.2.id))
+            });
+            list.extend(ranked.into_iter().take(limit).map(|(_, _, h)| h));
+        }
+        Ok(out)
+    }
+}
+
+fn kind_str(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Song => "song",
+        Kind::Podcast => "podcast",
+        Kind::Story => "story",
+    }
+}
+
+/// Writes documents; owned by the indexer thread (or [`reindex`]).
+struct DocWriter {
+    writer: IndexWriter,
+    fields: Fields,
+    added: u64,
+}
+
+impl DocWriter {
+    fn add(
+        &mut self,
+        doc_key: &str,
+        doc_type: u64,
+        kind: Kind,
+        id: &str,
+        display: &str,
+        texts: [&str; 3],
+    ) -> Result<(), SearchError> {
+        let f = self.fields;
+        let mut doc = TantivyDocument::default();
+        doc.add_text(f.doc_key, doc_key);
+        doc.add_u64(f.doc_type, doc_type);
+        doc.add_text(f.kind, kind_str(kind));
+        doc.add_text(f.id, id);
+        doc.add_text(f.display, display);
+        for ((text, exact_field), prefix_field) in texts.iter().zip(f.exact).zip(f.prefix) {
+            let (exact, prefixes) = analyze::document_terms(text);
+            doc.add_text(exact_field, exact.join(" "));
+            doc.add_text(prefix_field, prefixes.join(" "));
+        }
+        self.writer.add_document(doc)?;
+        self.added += 1;
+        Ok(())
+    }
+
+    fn delete(&mut self, doc_key: &str) {
+        self.writer
+            .delete_term(Term::from_field_text(self.fields.doc_key, doc_key));
+    }
+
+    /// Replaces the document of track `id` by `track`'s (none unless ready).
+    fn put_track(&mut self, id: &str, track: Option<&Track>) -> Result<bool, SearchError> {
+        self.delete(&format!("t:{id}"));
+        let Some(s) = track.and_then(catalog::summarize) else {
+            return Ok(false);
+        };
+        self.add_track_summary(&s)?;
+        Ok(true)
+    }
+
+    fn add_track_summary(&mut self, s: &TrackSummary) -> Result<(), SearchError> {
+        let artists = s
+            .artists
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" ; ");
+        let album = s.album.as_ref().map(|a| a.name.as_str()).unwrap_or("");
+        let display = serde_json::to_string(s).unwrap_or_default();
+        self.add(
+            &format!("t:{}", s.id),
+            TYPE_TRACK,
+            s.kind,
+            &s.id,
+            &display,
+            [&s.title, &artists, album],
+        )
+    }
+
+    fn add_artist(&mut self, id: &str, m: &Member) -> Result<(), SearchError> {
+        let display = serde_json::json!({ "id": id, "name": m.name }).to_string();
+        self.add(
+            &format!("a:{id}"),
+            TYPE_ARTIST,
+            m.track.kind,
+            id,
+            &display,
+            [&m.name, "", ""],
+        )
+    }
+
+    fn add_album(&mut self, id: &str, m: &Member) -> Result<(), SearchError> {
+        let album = m.track.album.as_ref();
+        let artist = album
+            .and_then(|a| a.artist.as_ref())
+            .map(|a| a.name.as_str())
+            .unwrap_or("");
+        let display = serde_json::to_string(&album).unwrap_or_default();
+        self.add(
+            &format!("l:{id}"),
+            TYPE_ALBUM,
+            m.track.kind,
+            id,
+            &display,
+            [&m.name, artist, ""],
+        )
+    }
+
+    /// Replaces the document of artist (`is_album` false) or album `id` by
+    /// the catalog's current state.
+    fn refresh_entity(
+        &mut self,
+        store: &MetaStore,
+        is_album: bool,
+        id: &str,
+    ) -> Result<(), SearchError> {
+        let (ks, key) = if is_album {
+            (catalog::ALBUM_TRACKS_KEYSPACE, format!("l:{id}"))
+        } else {
+            (catalog::ARTIST_TRACKS_KEYSPACE, format!("a:{id}"))
+        };
+        self.delete(&key);
+        let prefix = meta_index::index_prefix(id.as_bytes());
+        let page = store.scan_prefix(ks, &prefix, Direction::Forward, None, 1)?;
+        let Some((_, v)) = page.items.first() else {
+            return Ok(());
+        };
+        let Ok(m) = serde_json::from_slice::<Member>(v) else {
+            return Ok(());
+        };
+        if is_album {
+            self.add_album(id, &m)
+        } else {
+            self.add_artist(id, &m)
+        }
+    }
+
+    /// Deletes everything and indexes the store's current ready tracks and
+    /// catalog entities. Returns the LSN the result is complete up to.
+    fn rebuild(&mut self, store: &MetaStore) -> Result<u64, SearchError> {
+        let head = store.head_lsn();
+        self.writer.delete_all_documents()?;
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let page = store.scan_prefix(
+                TRACKS_KEYSPACE,
+                b"",
+                Direction::Forward,
+                cursor.as_deref(),
+                1024,
+            )?;
+            for (_, v) in &page.items {
+                if let Ok(track) = serde_json::from_slice::<Track>(v) {
+                    if let Some(s) = catalog::summarize(&track) {
+                        self.add_track_summary(&s)?;
+                    }
+                }
+            }
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        for (ks, is_album) in [
+            (catalog::ARTIST_TRACKS_KEYSPACE, false),
+            (catalog::ALBUM_TRACKS_KEYSPACE, true),
+        ] {
+            let mut cursor: Option<Vec<u8>> = None;
+            let mut last: Option<Vec<u8>> = None;
+            loop {
+                let page =
+                    store.scan_prefix(ks, b"", Direction::Forward, cursor.as_deref(), 1024)?;
+                for (k, v) in &page.items {
+                    let Some((id, _)) = meta_index::decode_component(k) else {
+                        continue;
+                    };
+                    if last.as_deref() == Some(id.as_slice()) {
+                        continue;
+                    }
+                    let Ok(m) = serde_json::from_slice::<Member>(v) else {
+                        continue;
+                    };
+                    let id_str = String::from_utf8_lossy(&id).into_owned();
+                    if is_album {
+                        self.add_album(&id_str, &m)?;
+                    } else {
+                        self.add_artist(&id_str, &m)?;
+                    }
+                    last = Some(id);
+                }
+                match page.cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+        }
+        Ok(head)
+    }
+
+    /// Commits everything added so far as complete up to `lsn`.
+    fn commit(&mut self, lsn: u64) -> Result<(), SearchError> {
+        let mut prepared = self.writer.prepare_commit()?;
+        prepared.set_payload(&lsn.to_string());
+        prepared.commit()?;
+        Ok(())
+    }
+}
+
+/// The indexer loop's state.
+struct Indexer {
+    store: MetaStore,
+    consumer: FeedConsumer,
+    docs: DocWriter,
+    index: Arc<SearchIndex>,
+    config: IndexerConfig,
+    /// HLC physical times of ready tracks added since the last commit.
+    pending_lag_ms: Vec<u64>,
+    dirty: bool,
+    committed_lsn: u64,
+    last_commit: Instant,
+}
+
+impl Indexer {
+    fn new(
+        store: &MetaStore,
+        index: Arc<SearchIndex>,
+        config: IndexerConfig,
+    ) -> Result<Indexer, SearchError> {
+        let writer = index
+            .index
+            .writer_with_num_threads(1, config.writer_memory_bytes.max(WRITER_MEMORY_BYTES_MIN))?;
+        let consumer = store.feed(FEED_CONSUMER)?;
+        let mut ix = Indexer {
+            store: store.clone(),
+            consumer,
+            docs: DocWriter {
+                writer,
+                fields: index.fields,
+                added: 0,
+            },
+            index,
+            config,
+            pending_lag_ms: Vec::new(),
+            dirty: false,
+            committed_lsn: 0,
+            last_commit: Instant::now(),
+        };
+        match committed_lsn(&ix.index.index)? {
+            Some(lsn) if lsn <= ix.store.head_lsn() => {
+                ix.consumer.reset_to(lsn)?;
+                ix.committed_lsn = lsn;
+            }
+            // No payload (a new or hand-removed index) or one beyond the
+            // store's head (the store was replaced): start from a scan.
+            _ => ix.rebuild()?,
+        }
+        Ok(ix)
+    }
+
+    fn rebuild(&mut self) -> Result<(), SearchError> {
+        let started = Instant::now();
+        let lsn = self.docs.rebuild(&self.store)?;
+        self.docs.commit(lsn)?;
+        self.consumer.reset_to(lsn)?;
+        self.consumer.checkpoint(lsn)?;
+        self.index.reader.reload()?;
+        self.committed_lsn = lsn;
+        self.pending_lag_ms.clear();
+        self.dirty = false;
+        let stats = &self.index.stats;
+        stats.rebuilds.fetch_add(1, Ordering::Relaxed);
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats.docs_indexed.store(self.docs.added, Ordering::Relaxed);
+        stats.indexed_lsn.store(lsn, Ordering::Release);
+        tracing::info!(
+            lsn,
+            docs = self.docs.added,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "search index rebuilt"
+        );
+        Ok(())
+    }
+
+    fn apply(&mut self, change: &spindle_engine::meta::Change) -> Result<(), SearchError> {
+        let mut artists = std::collections::BTreeSet::new();
+        let mut albums = std::collections::BTreeSet::new();
+        for op in &change.ops {
+            let (keyspace, key, value) = match op {
+                ChangeOp::Put {
+                    keyspace,
+                    key,
+                    value,
+                } => (keyspace.as_str(), key, Some(value)),
+                ChangeOp::Delete { keyspace, key } => (keyspace.as_str(), key, None),
+            };
+            match keyspace {
+                TRACKS_KEYSPACE => {
+                    let id = String::from_utf8_lossy(key);
+                    let track = value.and_then(|v| serde_json::from_slice::<Track>(v).ok());
+                    if self.docs.put_track(&id, track.as_ref())? {
+                        self.pending_lag_ms.push(change.hlc.physical_ms());
+                    }
+                    self.dirty = true;
+                }
+                catalog::ARTIST_TRACKS_KEYSPACE | catalog::ALBUM_TRACKS_KEYSPACE => {
+                    if let Some((id, _)) = meta_index::decode_component(key) {
+                        let id = String::from_utf8_lossy(&id).into_owned();
+                        if keyspace == catalog::ALBUM_TRACKS_KEYSPACE {
+                            albums.insert(id);
+                        } else {
+                            artists.insert(id);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for id in &artists {
+            self.docs.refresh_entity(&self.store, false, id)?;
+            self.dirty = true;
+        }
+        for id in &albums {
+            self.docs.refresh_entity(&self.store, true, id)?;
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Commits when there is something new and the interval has passed (or
+    /// `force`), then makes it visible and moves the feed checkpoint.
+    fn maybe_commit(&mut self, force: bool) -> Result<(), SearchError> {
+        let position = self.consumer.position();
+        if position == self.committed_lsn {
+            return Ok(());
+        }
+        let since = self.last_commit.elapsed();
+        if !self.dirty {
+            // Nothing indexed changed: everything up to here is findable
+            // already. The payload (and so the feed checkpoint) moves
+            // lazily, so the feed's retention can move on without each
+            // consumer's checkpoint commit waking the others forever.
+            self.index
+                .stats
+                .indexed_lsn
+                .store(position, Ordering::Release);
+            let idle_due = position - self.committed_lsn > IDLE_COMMIT_LSNS
+                || since >= Duration::from_secs(IDLE_COMMIT_SECS);
+            if !(force || idle_due) {
+                return Ok(());
+            }
+        } else if !force && since < Duration::from_millis(self.config.commit_interval_ms) {
+            return Ok(());
+        }
+        self.docs.commit(position)?;
+        self.index.reader.reload()?;
+        self.committed_lsn = position;
+        self.last_commit = Instant::now();
+        self.dirty = false;
+        let stats = &self.index.stats;
+        stats.indexed_lsn.store(position, Ordering::Release);
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats.docs_indexed.store(self.docs.added, Ordering::Relaxed);
+        let now_ms = self.store.clock().now_ms();
+        for hlc_ms in self.pending_lag_ms.drain(..) {
+            stats.observe_lag(now_ms.saturating_sub(hlc_ms));
+        }
+        self.consumer.checkpoint(position)?;
+        Ok(())
+    }
+
+    fn step(&mut self) -> Result<(), SearchError> {
+        let wait = Duration::from_millis(self.config.poll_wait_ms);
+        match self.consumer.poll(self.config.changes_per_poll_max, wait) {
+            Ok(changes) => {
+                for c in &changes {
+                    self.apply(c)?;
+                }
+            }
+            Err(spindle_engine::meta::Error::FeedTruncated {
+                requested_lsn,
+                oldest_available_lsn,
+            }) => {
+                tracing::warn!(
+                    requested_lsn,
+                    oldest_available_lsn,
+                    "search feed truncated; rebuilding the index"
+                );
+                return self.rebuild();
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.maybe_commit(false)
+    }
+
+    fn run(mut self, stop: Arc<AtomicBool>) {
+        while !stop.load(Ordering::Acquire) {
+            if let Err(e) = self.step() {
+                self.index.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "search indexer failed; retrying");
+                // Start over from the last commit: what was applied since is
+                // discarded and replayed.
+                if let Err(e) = self.docs.writer.rollback() {
+                    tracing::error!(error = %e, "search index rollback failed");
+                }
+                let _ = self.consumer.reset_to(self.committed_lsn);
+                self.dirty = false;
+                self.pending_lag_ms.clear();
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        if let Err(e) = self.maybe_commit(true) {
+            tracing::error!(error = %e, "search index final commit failed");
+        }
+    }
+}
+
+/// The running search: the shared index and the indexer thread, stopped and
+/// joined on drop.
+pub struct SearchService {
+    index: Arc<SearchIndex>,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for SearchService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchService")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SearchService {
+    /// Opens (or creates) the index in `dir` and starts the indexer: it
+    /// resumes after its committed LSN, or rebuilds, before serving changes.
+    /// Returns once the index is open; catching up happens in the thread.
+    pub fn start(
+        store: &MetaStore,
+        dir: &Path,
+        config: IndexerConfig,
+    ) -> Result<SearchService, SearchError> {
+        let index = Arc::new(SearchIndex::open(dir)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let indexer = Indexer::new(store, index.clone(), config)?;
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("spindle-search-indexer".into())
+            .spawn(move || indexer.run(stop2))
+            .map_err(SearchError::Thread)?;
+        Ok(SearchService {
+            index,
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn index(&self) -> &Arc<SearchIndex> {
+        &self.index
+    }
+
+    /// Stops the indexer after a final commit and waits for it.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for SearchService {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The index directory under a data directory.
+pub fn index_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("search")
+}
+
+/// What [`reindex`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReindexReport {
+    pub lsn: u64,
+    pub documents: u64,
+}
+
+/// Rebuilds the index in `dir` from `store` (`spindle reindex`; the server
+/// must not be running on the same data directory).
+pub fn reindex(store: &MetaStore, dir: &Path) -> Result<ReindexReport, SearchError> {
+    let (index, fields) = open_index(dir)?;
+    let writer = index.writer_with_num_threads(1, 64 * 1024 * 1024)?;
+    let mut docs = DocWriter {
+        writer,
+        fields,
+        added: 0,
+    };
+    let lsn = docs.rebuild(store)?;
+    docs.commit(lsn)?;
+    let mut consumer = store.feed(FEED_CONSUMER)?;
+    consumer.reset_to(lsn)?;
+    consumer.checkpoint(lsn)?;
+    docs.writer.wait_merging_threads()?;
+    Ok(ReindexReport {
+        lsn,
+        documents: docs.added,
+    })
+}
