@@ -290,6 +290,8 @@ pub(crate) struct DecodeStream {
     pub(crate) frames_decoded: u64,
     /// A demuxer error that ended the stream early, if any.
     pub(crate) stream_error: Option<String>,
+    /// Set by the caller when an MP3's first frame has a Xing/Info/VBRI frame count.
+    pub(crate) mp3_frame_count_header: bool,
     /// Frames still to drop at the start (MP4 edit list: encoder priming).
     skip_frames: u64,
     /// Frames to present at most (MP4 edit list), if known.
@@ -421,6 +423,7 @@ impl DecodeStream {
             good_packets: 0,
             frames_decoded: 0,
             stream_error: None,
+            mp3_frame_count_header: false,
             skip_frames: 0,
             keep_frames: None,
         })

@@ -149,6 +149,7 @@ fn open<R: Source>(
         .map_err(io_err)?;
     let tag_info = read_tags(&mut source, file_name_hint).map_err(io_err)?;
     check_pcm_chunks(&head, len_bytes)?;
+    let mp3_header = mp3_frame_count_header(&mut source, &head).map_err(io_err)?;
     let edit = if head.get(4..8) == Some(b"ftyp") {
         crate::mp4::audio_edit(&mut source, len_bytes).map_err(io_err)?
     } else {
@@ -164,8 +165,40 @@ fn open<R: Source>(
         let (skip, keep) = edit.frames_at(stream.info.sample_rate);
         stream.set_edit(skip, keep);
     }
+    stream.mp3_frame_count_header = stream.info.codec == "mp3" && mp3_header;
     check_header_claims(&stream.info, len_bytes)?;
     Ok((stream, tag_info, len_bytes))
+}
+
+/// True when the first MPEG audio frame carries a Xing/Info or VBRI header: then the
+/// stream's declared frame count is exact (otherwise symphonia estimates it from the
+/// bitrate, and a shorter decode proves nothing).
+fn mp3_frame_count_header<R: Read + Seek>(source: &mut R, head: &[u8]) -> std::io::Result<bool> {
+    let mut start = 0u64;
+    if head.len() >= 10 && head.starts_with(b"ID3") {
+        // ID3v2 size: four 7-bit bytes; a footer adds 10.
+        let size = head[6..10]
+            .iter()
+            .fold(0u64, |a, &b| (a << 7) | u64::from(b & 0x7F));
+        let footer = if head[5] & 0x10 != 0 { 10 } else { 0 };
+        start = 10 + size + footer;
+    } else if !(head.len() >= 2 && head[0] == 0xFF && head[1] & 0xE0 == 0xE0) {
+        return Ok(false);
+    }
+    source.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::with_capacity(4096);
+    source.by_ref().take(4096).read_to_end(&mut buf)?;
+    let Some(sync) = buf
+        .windows(2)
+        .position(|w| w[0] == 0xFF && w[1] & 0xE0 == 0xE0)
+    else {
+        return Ok(false);
+    };
+    // The tag follows the header and side information (at most 36 bytes in).
+    let frame = &buf[sync..buf.len().min(sync + 200)];
+    Ok(frame
+        .windows(4)
+        .any(|w| w == b"Xing" || w == b"Info" || w == b"VBRI"))
 }
 
 /// Walks the chunk table of a WAV (RIFF) or AIFF (FORM) file in its first bytes: an audio
@@ -240,8 +273,10 @@ fn check_header_claims(info: &StreamInfo, len_bytes: u64) -> Result<(), MediaErr
 
 /// Declared frames at the stream's sample rate, for codecs whose header count is exact
 /// (not MP3, whose count without a Xing header is an estimate from the bitrate).
-fn exact_declared_frames(info: &StreamInfo) -> Option<u64> {
-    let exact = info.is_pcm() || matches!(info.codec.as_str(), "flac" | "vorbis" | "opus");
+fn exact_declared_frames(info: &StreamInfo, mp3_frame_count_header: bool) -> Option<u64> {
+    let exact = info.is_pcm()
+        || matches!(info.codec.as_str(), "flac" | "vorbis" | "opus")
+        || (info.codec == "mp3" && mp3_frame_count_header);
     if exact {
         info.declared_frames
     } else {
@@ -605,7 +640,7 @@ fn judge_end(stream: &DecodeStream, format: &'static str) -> Result<(), MediaErr
             }
         });
     }
-    if let Some(declared) = exact_declared_frames(info) {
+    if let Some(declared) = exact_declared_frames(info, stream.mp3_frame_count_header) {
         // A few packets of slack: encoders' padding and rounding of the declared count.
         let slack = (u64::from(info.sample_rate) / 20).max(declared / 500);
         if decoded + slack < declared {

@@ -183,6 +183,23 @@ fn mp3_cbr_vbr_xing_and_crc() {
     );
     check(&vbr, "mp3", 2, 0.0);
 
+    // A VBR file cut short: its Xing header's frame count proves the truncation.
+    let mut cut = std::fs::read(&vbr).unwrap();
+    cut.truncate(cut.len() / 2);
+    let e = run(cut, None, &Limits::default())
+        .err()
+        .expect("truncated MP3 is refused");
+    assert!(
+        matches!(e, MediaError::Truncated { format: "MP3", .. }) && e.is_permanent(),
+        "{e}"
+    );
+    assert!(e.to_string().contains("(its header declares 4.0 s)"), "{e}");
+    // Without a frame count, a cut CBR file is just shorter: nothing declares otherwise.
+    let mut cut = std::fs::read(&cbr).unwrap();
+    cut.truncate(cut.len() / 2);
+    let out = run(cut, None, &Limits::default()).unwrap();
+    assert!(out.report.duration_ms < 2_200, "{}", out.report.duration_ms);
+
     // ID3v2.4 with two artists in one TPE1 frame (NUL-separated), written by lofty.
     let bytes = std::fs::read(&vbr).unwrap();
     let mut tag = Tag::new(TagType::Id3v2);
