@@ -1,2 +1,376 @@
-//! Placeholder until the blob benchmarks land.
-fn main() {}
+//! Blob store benchmarks, each beside its reference measured in the same run
+//! (machines here are noisy, so ratios matter more than absolutes):
+//!
+//! 1. Sequential durable put of 64 MiB blobs, MB/s, against writing the same
+//!    bytes to a plain file plus one fdatasync; target ratio >= 0.8.
+//! 2. 64 concurrent writers of 256 KiB blobs, each durable: blobs/s against
+//!    a plain file's 4 KiB write + fdatasync rate; target >= 4x. Also the
+//!    same with 4 KiB blobs, which isolates group commit from bandwidth.
+//! 3. Random 64 KiB range reads from a warm store against plain `pread` of
+//!    the same offsets from one file; target >= 0.9x.
+//! 4. Open (checkpoint load + tail scan) of a store of 1 M chunks; target
+//!    under 1 s.
+//!
+//! Run: `cargo bench -p spindle-benches --bench blob`. The ratios are printed
+//! to stderr as `RATIO ...` lines, from the medians of per-iteration times.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test and bench helpers outside #[test] fns: a failed unwrap is a failed run"
+)]
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use spindle_engine::blob::{BlobConfig, BlobId, BlobStore};
+use spindle_engine::io::{open_storage, BackendChoice};
+
+const MIB: usize = 1 << 20;
+
+/// The serving configuration: the automatic backend, mapped reads.
+fn open(dir: &std::path::Path, config: BlobConfig) -> BlobStore {
+    BlobStore::open_dir(dir, BackendChoice::Auto, config).unwrap()
+}
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Makes every 4 KiB of `buf` unique to `stamp`, so no chunk dedupes.
+fn stamp(buf: &mut [u8], stamp: u64) {
+    for (i, block) in buf.chunks_mut(4096).enumerate() {
+        block[..8].copy_from_slice(&stamp.to_le_bytes());
+        block[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+    }
+}
+
+fn median(v: &Mutex<Vec<Duration>>) -> Duration {
+    let mut v = v.lock().unwrap().clone();
+    assert!(!v.is_empty());
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn sequential_put(c: &mut Criterion) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let probe = open_storage(&dir.path().join("probe"), BackendChoice::Auto).unwrap();
+    eprintln!("blob bench backend: {}", probe.kind());
+    let store = open(&dir.path().join("store"), BlobConfig::default());
+    let plain = File::create(dir.path().join("plain.dat")).unwrap();
+    let mut data = random_bytes(64 * MIB, 1);
+    let counter = AtomicU64::new(0);
+    let store_times = Mutex::new(Vec::new());
+    let plain_times = Mutex::new(Vec::new());
+    let mut plain_offset = 0u64;
+
+    let mut g = c.benchmark_group("blob_sequential_put_64MiB");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(8))
+        .warm_up_time(Duration::from_millis(500))
+        .throughput(criterion::Throughput::Bytes(64 * MIB as u64));
+    g.bench_function("plain_write_fdatasync", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                stamp(&mut data, counter.fetch_add(1, Ordering::Relaxed));
+                let t = Instant::now();
+                plain.write_all_at(&data, plain_offset).unwrap();
+                plain.sync_data().unwrap();
+                let e = t.elapsed();
+                plain_offset += data.len() as u64;
+                plain_times.lock().unwrap().push(e);
+                total += e;
+            }
+            total
+        })
+    });
+    g.bench_function("store_put", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                stamp(&mut data, counter.fetch_add(1, Ordering::Relaxed));
+                let t = Instant::now();
+                let mut w = store.writer();
+                // Arrives in 256 KiB pieces, as an upload would.
+                for piece in data.chunks(256 * 1024) {
+                    w.write(piece).unwrap();
+                }
+                w.finish().unwrap();
+                let e = t.elapsed();
+                store_times.lock().unwrap().push(e);
+                total += e;
+            }
+            total
+        })
+    });
+    g.finish();
+    let (p, s) = (median(&plain_times), median(&store_times));
+    let mbps = |d: Duration| 64.0 / d.as_secs_f64();
+    eprintln!(
+        "RATIO sequential put 64 MiB: store {:.0} MB/s, plain {:.0} MB/s, ratio {:.2} (target >= 0.8)",
+        mbps(s) * 1.048_576,
+        mbps(p) * 1.048_576,
+        p.as_secs_f64() / s.as_secs_f64()
+    );
+}
+
+/// `n` durable 4 KiB appends with fdatasync each, to one growing file.
+fn plain_sync_rate(f: &File, n: u32) -> f64 {
+    let buf = vec![0x5a_u8; 4096];
+    let mut at = f.metadata().unwrap().len();
+    let t = Instant::now();
+    for _ in 0..n {
+        f.write_all_at(&buf, at).unwrap();
+        f.sync_data().unwrap();
+        at += 4096;
+    }
+    f64::from(n) / t.elapsed().as_secs_f64()
+}
+
+/// 64 threads, `per_thread` puts each of `blob_bytes`; returns blobs/s.
+fn concurrent_puts(store: &BlobStore, blob_bytes: usize, per_thread: u64, round: u64) -> f64 {
+    const WRITERS: u64 = 64;
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for w in 0..WRITERS {
+            let store = store.clone();
+            s.spawn(move || {
+                let mut data = random_bytes(blob_bytes, w + 1);
+                for i in 0..per_thread {
+                    stamp(&mut data, (round << 32) | (w << 16) | i);
+                    store.put(&data).unwrap();
+                }
+            });
+        }
+    });
+    (WRITERS * per_thread) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn concurrent_writers(c: &mut Criterion) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let store = open(&dir.path().join("store"), BlobConfig::default());
+    let round = AtomicU64::new(0);
+    let plain = File::create(dir.path().join("plain-sync.dat")).unwrap();
+    let mut g = c.benchmark_group("blob_64_writers");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(6))
+        .warm_up_time(Duration::from_millis(300));
+    let rates_256k = Mutex::new(Vec::new());
+    let rates_4k = Mutex::new(Vec::new());
+    let plain_rates = Mutex::new(Vec::new());
+    g.bench_function("plain_4KiB_write_fdatasync_x200", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let rate = plain_sync_rate(&plain, 200);
+                total += t.elapsed();
+                plain_rates.lock().unwrap().push(rate);
+            }
+            total
+        })
+    });
+    g.bench_function("store_256KiB_blobs_x256", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let r = round.fetch_add(1, Ordering::Relaxed);
+                rates_256k
+                    .lock()
+                    .unwrap()
+                    .push(concurrent_puts(&store, 256 * 1024, 4, r));
+                total += t.elapsed();
+            }
+            total
+        })
+    });
+    g.bench_function("store_4KiB_blobs_x1024", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let r = round.fetch_add(1, Ordering::Relaxed);
+                rates_4k
+                    .lock()
+                    .unwrap()
+                    .push(concurrent_puts(&store, 4096, 16, r));
+                total += t.elapsed();
+            }
+            total
+        })
+    });
+    g.finish();
+    let med = |v: &Mutex<Vec<f64>>| {
+        let mut v = v.lock().unwrap().clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let plain = med(&plain_rates);
+    let (big, small) = (med(&rates_256k), med(&rates_4k));
+    let stats = store.stats();
+    eprintln!(
+        "RATIO 64 writers: 256 KiB blobs {big:.0}/s ({:.0} MB/s), 4 KiB blobs {small:.0}/s, plain 4 KiB fdatasync {plain:.0}/s; ratios {:.2} and {:.2} (target >= 4); {} commits over {} syncs",
+        big * 0.25,
+        big / plain,
+        small / plain,
+        stats.commits,
+        stats.syncs
+    );
+}
+
+fn random_reads(c: &mut Criterion) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let store = open(&dir.path().join("store"), BlobConfig::default());
+    let data = random_bytes(64 * MIB, 7);
+    let id: BlobId = store.put(&data).unwrap().id;
+    let plain_path = dir.path().join("plain.dat");
+    std::fs::write(&plain_path, &data).unwrap();
+    let plain = File::open(&plain_path).unwrap();
+    let mut x = 12345u64;
+    let offsets: Vec<u64> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % (data.len() as u64 - 65536)
+        })
+        .collect();
+    // Warm both.
+    for off in offsets.iter().take(2048) {
+        store.read(&id, *off, 65536).unwrap();
+    }
+    let mut buf = vec![0u8; 65536];
+    for off in &offsets {
+        plain.read_exact_at(&mut buf, *off).unwrap();
+    }
+    let store_times = Mutex::new(Vec::new());
+    let plain_times = Mutex::new(Vec::new());
+    let mut g = c.benchmark_group("blob_random_read_64KiB");
+    g.sample_size(20)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(300))
+        .throughput(criterion::Throughput::Bytes(65536 * offsets.len() as u64));
+    g.bench_function("plain_pread", |b| {
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                for off in &offsets {
+                    plain.read_exact_at(&mut buf, *off).unwrap();
+                    std::hint::black_box(&buf);
+                }
+            }
+            let e = t.elapsed();
+            plain_times.lock().unwrap().push(e / iters as u32);
+            e
+        })
+    });
+    g.bench_function("store_read", |b| {
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                for off in &offsets {
+                    std::hint::black_box(store.read(&id, *off, 65536).unwrap());
+                }
+            }
+            let e = t.elapsed();
+            store_times.lock().unwrap().push(e / iters as u32);
+            e
+        })
+    });
+    g.finish();
+    let (p, s) = (median(&plain_times), median(&store_times));
+    let gbps = |d: Duration| (65536.0 * offsets.len() as f64) / d.as_secs_f64() / 1e9;
+    eprintln!(
+        "RATIO random 64 KiB reads: store {:.2} GB/s, plain pread {:.2} GB/s, ratio {:.2} (target >= 0.9)",
+        gbps(s),
+        gbps(p),
+        p.as_secs_f64() / s.as_secs_f64()
+    );
+}
+
+fn open_time(c: &mut Criterion) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("store");
+    let config = BlobConfig {
+        chunk_size_bytes: 64,
+        checkpoint_interval_bytes: u64::MAX,
+        ..BlobConfig::default()
+    };
+    {
+        let store = open(&path, config.clone());
+        let t = Instant::now();
+        // 16 blobs of 65 536 distinct 64-byte chunks: 1 M chunks.
+        std::thread::scope(|s| {
+            for b in 0..16u64 {
+                let store = store.clone();
+                s.spawn(move || {
+                    let mut data = random_bytes(64 * 65536, b + 100);
+                    for (i, chunk) in data.chunks_mut(64).enumerate() {
+                        chunk[..8].copy_from_slice(&((b << 32) | i as u64).to_le_bytes());
+                    }
+                    store.put(&data).unwrap();
+                });
+            }
+        });
+        store.checkpoint().unwrap();
+        // A little written after the checkpoint, for the tail scan.
+        for i in 0..100u64 {
+            store.put(&random_bytes(1000, 1_000_000 + i)).unwrap();
+        }
+        let stats = store.stats();
+        eprintln!(
+            "open bench: built {} chunks, {} blobs in {:.1} s",
+            stats.chunks,
+            stats.blobs,
+            t.elapsed().as_secs_f64()
+        );
+        assert!(stats.chunks >= 1_000_000);
+    }
+    let times = Mutex::new(Vec::new());
+    let mut g = c.benchmark_group("blob_open_1M_chunks");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_millis(100));
+    g.bench_function("open", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let store = open(&path, config.clone());
+                let e = t.elapsed();
+                drop(store);
+                times.lock().unwrap().push(e);
+                total += e;
+            }
+            total
+        })
+    });
+    g.finish();
+    eprintln!(
+        "RATIO open of 1 M chunks: median {:.0} ms (target < 1000 ms)",
+        median(&times).as_secs_f64() * 1000.0
+    );
+}
+
+criterion_group!(
+    benches,
+    sequential_put,
+    concurrent_writers,
+    random_reads,
+    open_time
+);
+criterion_main!(benches);

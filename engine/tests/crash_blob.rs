@@ -4,6 +4,11 @@
 //! the store and checks that every acknowledged blob reads back byte for
 //! byte, every acknowledged delete stuck, and every blob the child ever
 //! started is either exactly its content or absent.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test and bench helpers outside #[test] fns: a failed unwrap is a failed run"
+)]
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -5,6 +5,11 @@
 //! reads back exactly and every acknowledged delete stuck. Plus: bit flips
 //! anywhere in a segment are caught by reads (never wrong bytes) and by
 //! scrub, and after the checkpoint position by open.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test and bench helpers outside #[test] fns: a failed unwrap is a failed run"
+)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

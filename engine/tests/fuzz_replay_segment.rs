@@ -2,6 +2,11 @@
 //! the segment record decoder in an ordinary `cargo test`: files named
 //! `valid-*` must decode (and re-encode to the same bytes), `invalid-*`
 //! must be rejected, and nothing may panic.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test and bench helpers outside #[test] fns: a failed unwrap is a failed run"
+)]
 
 use std::path::Path;
 

@@ -12,6 +12,11 @@
 //! Runs over the fault backend (with crashes and faults) and over the
 //! portable and io_uring backends (crashes become plain reopens, faults are
 //! skipped).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test and bench helpers outside #[test] fns: a failed unwrap is a failed run"
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,6 +108,8 @@ fn content(seed: u64, len: usize) -> Vec<u8> {
 enum Backend {
     Fault,
     Portable,
+    /// Portable writes, reads from memory maps (`BlobStore::open_dir`).
+    PortableMapped,
     Uring,
 }
 
@@ -126,7 +133,7 @@ impl Harness {
         let fault = FaultStorage::new();
         let (storage, dir): (Arc<dyn Storage>, _) = match backend {
             Backend::Fault => (Arc::new(fault.clone()), None),
-            Backend::Portable => {
+            Backend::Portable | Backend::PortableMapped => {
                 let dir = tempfile::tempdir().unwrap();
                 (
                     open_storage(dir.path(), BackendChoice::Portable).unwrap(),
@@ -155,19 +162,30 @@ impl Harness {
             clock_ms: Arc::new(move || clock.load(Ordering::SeqCst)),
             ..BlobConfig::default()
         };
-        let store = BlobStore::open(storage.clone(), config.clone()).unwrap();
-        Some(Harness {
+        let mut h = Harness {
             backend,
             fault,
             storage,
             _dir: dir,
             config,
             now,
-            store: Some(store),
+            store: None,
             model: BTreeMap::new(),
             history: Vec::new(),
             chunk_size: chunk_size as usize,
-        })
+        };
+        h.store = Some(h.open());
+        Some(h)
+    }
+
+    fn open(&self) -> BlobStore {
+        match (&self.backend, &self._dir) {
+            (Backend::PortableMapped, Some(dir)) => {
+                BlobStore::open_dir(dir.path(), BackendChoice::Portable, self.config.clone())
+                    .unwrap()
+            }
+            _ => BlobStore::open(self.storage.clone(), self.config.clone()).unwrap(),
+        }
     }
 
     fn store(&self) -> &BlobStore {
@@ -184,7 +202,7 @@ impl Harness {
             }
         }
         self.fault.clear_faults();
-        self.store = Some(BlobStore::open(self.storage.clone(), self.config.clone()).unwrap());
+        self.store = Some(self.open());
     }
 
     fn pick(&self, pick: usize) -> Option<BlobId> {
@@ -418,6 +436,15 @@ proptest! {
         ops in prop::collection::vec(op(), 1..40),
     ) {
         run_case(Backend::Portable, chunk_size, segment_size, &ops);
+    }
+
+    #[test]
+    fn model_portable_mapped_reads(
+        chunk_size in prop::sample::select(vec![64u32, 1024, 8192]),
+        segment_size in 4096u64..32_768,
+        ops in prop::collection::vec(op(), 1..40),
+    ) {
+        run_case(Backend::PortableMapped, chunk_size, segment_size, &ops);
     }
 
     #[test]

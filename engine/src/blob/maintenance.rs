@@ -43,6 +43,7 @@ impl BlobStore {
                 st.blobs.iter(),
             );
             st.appended_since_checkpoint = 0;
+            st.last_checkpoint_bytes = bytes.len() as u64;
             (bytes, position)
         };
         // The checkpoint may only describe durable records.

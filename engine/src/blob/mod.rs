@@ -135,8 +135,12 @@ pub struct BlobConfig {
     /// Compaction rewrites sealed segments whose live fraction is below this.
     pub compaction_live_fraction_min: f64,
     /// A checkpoint is written after this many bytes were appended since
-    /// the last one (checked when a write is acknowledged).
+    /// the last one, or four times the last checkpoint's size if that is
+    /// larger (checked when a write is acknowledged).
     pub checkpoint_interval_bytes: u64,
+    /// After this many bytes appended, a background thread syncs the head
+    /// early, so a large write's flush overlaps its hashing (0 = never).
+    pub background_sync_bytes: u64,
     /// Largest `len` accepted by [`BlobStore::read`] (0 = two chunks).
     pub read_len_max_bytes: u64,
     /// Bound on chunk ids kept in the manifest cache.
@@ -152,6 +156,7 @@ impl Default for BlobConfig {
             segment_size_bytes_max: 1 << 30,
             compaction_live_fraction_min: 0.5,
             checkpoint_interval_bytes: 256 << 20,
+            background_sync_bytes: 8 << 20,
             read_len_max_bytes: 0,
             manifest_cache_chunk_ids_max: 1 << 20,
             clock_ms: system_clock_ms(),
@@ -169,6 +174,7 @@ impl fmt::Debug for BlobConfig {
                 &self.compaction_live_fraction_min,
             )
             .field("checkpoint_interval_bytes", &self.checkpoint_interval_bytes)
+            .field("background_sync_bytes", &self.background_sync_bytes)
             .field("read_len_max_bytes", &self.read_len_max_bytes)
             .field(
                 "manifest_cache_chunk_ids_max",

@@ -362,6 +362,7 @@ pub(crate) fn recover(storage: &dyn Storage) -> Result<State, Error> {
                 name,
                 len: end,
                 live_bytes: 0,
+                map: None,
             },
         );
     }

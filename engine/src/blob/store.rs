@@ -53,6 +53,9 @@ pub(crate) struct Segment {
     /// Logical end: the end of the last complete record.
     pub len: u64,
     pub live_bytes: u64,
+    /// A read-only map of the file (see [`BlobStore::open_dir`]), covering
+    /// `segment_size_bytes_max` bytes so it stays valid as the head grows.
+    pub map: Option<Arc<memmap2::Mmap>>,
 }
 
 /// Everything the write lock guards.
@@ -66,6 +69,12 @@ pub(crate) struct State {
     pub head: Option<u64>,
     pub next_segment_id: u64,
     pub appended_since_checkpoint: u64,
+    /// Appended since the background flusher was last woken.
+    pub appended_since_flush_request: u64,
+    /// Size of the last checkpoint written; automatic checkpoints wait for
+    /// at least four times this much new log, bounding their write
+    /// amplification to 25 % however large the index grows.
+    pub last_checkpoint_bytes: u64,
     /// Whether refcount changes update segments' live bytes; off during
     /// recovery, which recomputes them once at the end.
     pub accounting: bool,
@@ -81,6 +90,8 @@ impl State {
             head: None,
             next_segment_id: 1,
             appended_since_checkpoint: 0,
+            appended_since_flush_request: 0,
+            last_checkpoint_bytes: 0,
             accounting: true,
         }
     }
@@ -227,6 +238,76 @@ pub(crate) struct Inner {
     pub maintenance: Mutex<()>,
     manifests: Mutex<ManifestCache>,
     pub counters: Counters,
+    flusher: Arc<Flusher>,
+    /// The store's directory when reads may use memory maps.
+    mmap_dir: Option<std::path::PathBuf>,
+}
+
+/// A range of a segment map, as the owner of a `Bytes`.
+struct MapSlice {
+    map: Arc<memmap2::Mmap>,
+    start: usize,
+    end: usize,
+}
+
+impl AsRef<[u8]> for MapSlice {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.start..self.end]
+    }
+}
+
+/// Wakes the background flusher, which syncs the head early during large
+/// writes so the disk works while the writer hashes, and `finish` has less
+/// left to flush. It only ever advances the synced position, exactly as a
+/// group-commit leader does.
+#[derive(Default)]
+struct Flusher {
+    state: Mutex<FlushState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    requested: bool,
+    shutdown: bool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut f) = self.flusher.state.lock() {
+            f.shutdown = true;
+        }
+        self.flusher.cv.notify_all();
+    }
+}
+
+fn run_flusher(weak: std::sync::Weak<Inner>, flusher: Arc<Flusher>) {
+    loop {
+        {
+            let Ok(mut f) = flusher.state.lock() else {
+                return;
+            };
+            while !f.requested && !f.shutdown {
+                f = match flusher.cv.wait(f) {
+                    Ok(f) => f,
+                    Err(_) => return,
+                };
+            }
+            if f.shutdown {
+                return;
+            }
+            f.requested = false;
+        }
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let end = match inner.read_state() {
+            Ok(st) => st.end(),
+            Err(_) => return,
+        };
+        // A failure poisons the store inside; writers then see it.
+        let _ = inner.sync_until(end);
+    }
 }
 
 /// A handle to an open blob store. Cheap to clone; `Send + Sync`.
@@ -296,6 +377,15 @@ impl Inner {
             Ok(()) => {
                 seg.len += total;
                 st.appended_since_checkpoint += total;
+                st.appended_since_flush_request += total;
+                let every = self.config.background_sync_bytes;
+                if every > 0 && st.appended_since_flush_request >= every {
+                    st.appended_since_flush_request = 0;
+                    if let Ok(mut f) = self.flusher.state.lock() {
+                        f.requested = true;
+                    }
+                    self.flusher.cv.notify_one();
+                }
                 self.counters
                     .bytes_appended
                     .fetch_add(total, Ordering::Relaxed);
@@ -370,21 +460,54 @@ impl Inner {
                 name,
                 len: SEGMENT_HEADER_LEN as u64,
                 live_bytes: 0,
+                map: self.map_segment(&segment_file_name(id)),
             },
         );
         st.head = Some(id);
         Ok(id)
     }
 
-    /// Returns once every record before `target` is durable (group commit).
+    /// Maps segment `name` read-only when mapped reads are on; `None` (reads
+    /// then use `pread`) when they are off or mapping fails.
+    fn map_segment(&self, name: &str) -> Option<Arc<memmap2::Mmap>> {
+        let dir = self.mmap_dir.as_ref()?;
+        let file = std::fs::File::open(dir.join(name)).ok()?;
+        let len = usize::try_from(self.config.segment_size_bytes_max).ok()?;
+        // SAFETY: the map is only ever read below the segment's logical
+        // length, and those bytes are never modified or truncated while the
+        // store is open (segments are append-only; truncations cut only
+        // bytes past the logical length, and torn tails are cut at open,
+        // before any map exists). Removing the file leaves the map valid.
+        // Mapping past the end of the file is allowed; those pages are
+        // never touched. Another process writing the store's files breaks
+        // this, as it breaks every other guarantee of the store.
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) };
+        match map {
+            Ok(m) => Some(Arc::new(m)),
+            Err(error) => {
+                tracing::warn!(%error, name, "cannot map segment; reading it with pread");
+                None
+            }
+        }
+    }
+
+    /// Returns once every record before `target` is durable (group commit),
+    /// counted as one commit.
     pub(crate) fn wait_durable(&self, target: Pos) -> Result<(), Error> {
+        self.sync_until(target)?;
+        bump(&self.counters.commits);
+        Ok(())
+    }
+
+    /// Returns once every record before `target` is durable: the first
+    /// caller becomes the leader and syncs the head for everyone waiting.
+    pub(crate) fn sync_until(&self, target: Pos) -> Result<(), Error> {
         let mut c = lock(&self.commit)?;
         loop {
             if self.is_poisoned() {
                 return Err(Error::Poisoned);
             }
             if c.synced >= target {
-                bump(&self.counters.commits);
                 return Ok(());
             }
             if c.leader {
@@ -545,7 +668,7 @@ impl Inner {
         start: u32,
         end: u32,
     ) -> Result<Bytes, Error> {
-        let (entry, file, name) = {
+        let (entry, file, name, map) = {
             let st = self.read_state()?;
             let Some(entry) = st.chunks.get(id).copied() else {
                 return Err(self.note_corruption(Error::corruption(
@@ -558,7 +681,7 @@ impl Inner {
             let Some(seg) = st.segments.get(&entry.segment) else {
                 panic!("chunk {id} points into missing segment {}", entry.segment);
             };
-            (entry, seg.file.clone(), seg.name.clone())
+            (entry, seg.file.clone(), seg.name.clone(), seg.map.clone())
         };
         if start > end || end > entry.payload_len {
             return Err(Error::InvalidInput(format!(
@@ -566,58 +689,120 @@ impl Inner {
                 entry.payload_len
             )));
         }
+        let head_len = record::HEADER_LEN
+            + 4 * (entry.payload_len as usize).div_ceil(record::CHUNK_BLOCK_BYTES as usize);
+        let record_end = entry.offset + record::record_len(RecordKind::Chunk, entry.payload_len);
         let corrupt = |offset: u64, why: String| {
             self.note_corruption(Error::corruption(&name, Some(entry.segment), offset, why))
         };
-        let head_len = record::HEADER_LEN
-            + 4 * (entry.payload_len as usize).div_ceil(record::CHUNK_BLOCK_BYTES as usize);
+        let payload_at = entry.offset + head_len as u64;
+        if let Some(map) = map.filter(|m| record_end <= m.len() as u64) {
+            let base = entry.offset as usize;
+            let block = check_chunk_head(id, &entry, &map[base..base + head_len], &corrupt)?;
+            if start == end {
+                return Ok(Bytes::new());
+            }
+            let (data_start, data_end) = block_span(start, end, block, entry.payload_len);
+            let p = payload_at as usize;
+            check_blocks(
+                id,
+                &map[base + record::HEADER_LEN..base + head_len],
+                &map[p + data_start as usize..p + data_end as usize],
+                data_start / block,
+                block,
+                payload_at,
+                &corrupt,
+            )?;
+            bump(&self.counters.reads);
+            return Ok(Bytes::from_owner(MapSlice {
+                map,
+                start: p + start as usize,
+                end: p + end as usize,
+            }));
+        }
         let head = file
             .read_bytes_at(entry.offset, head_len)
             .map_err(|e| Error::io("read", &name, e))?;
-        let header = decode_header(&head).map_err(|e| corrupt(entry.offset, e.to_string()))?;
-        if header.kind != RecordKind::Chunk
-            || header.key != id.0
-            || header.payload_len != entry.payload_len
-            || header.payload_offset() != head_len
-        {
-            return Err(corrupt(
-                entry.offset,
-                "chunk header disagrees with the index".into(),
-            ));
-        }
-        verify_header_crc(&header, &head).map_err(|e| corrupt(entry.offset, e.to_string()))?;
+        let block = check_chunk_head(id, &entry, &head, &corrupt)?;
         if start == end {
             return Ok(Bytes::new());
         }
-        let block = 1u32 << header.block_size_log2;
-        let b0 = start / block;
-        let b1 = end.div_ceil(block);
-        let data_start = b0 * block;
-        let data_end = (b1 * block).min(entry.payload_len);
-        let payload_at = entry.offset + head_len as u64;
+        let (data_start, data_end) = block_span(start, end, block, entry.payload_len);
         let data = file
             .read_bytes_at(
                 payload_at + u64::from(data_start),
                 (data_end - data_start) as usize,
             )
             .map_err(|e| Error::io("read", &name, e))?;
-        let table = &head[record::HEADER_LEN..];
-        for (i, piece) in data.chunks(block as usize).enumerate() {
-            let b = b0 + i as u32;
-            let expected = table_entry(table, b);
-            let actual = crc32fast::hash(piece);
-            if expected != actual {
-                return Err(corrupt(
-                    payload_at + u64::from(b * block),
-                    format!(
-                        "chunk {id} block {b} checksum: stored {expected:#010x}, computed {actual:#010x}"
-                    ),
-                ));
-            }
-        }
+        check_blocks(
+            id,
+            &head[record::HEADER_LEN..],
+            &data,
+            data_start / block,
+            block,
+            payload_at,
+            &corrupt,
+        )?;
         bump(&self.counters.reads);
         Ok(data.slice((start - data_start) as usize..(end - data_start) as usize))
     }
+}
+
+/// The whole blocks covering `start..end` of a payload, clipped to it.
+fn block_span(start: u32, end: u32, block: u32, payload_len: u32) -> (u32, u32) {
+    let b0 = start / block;
+    let b1 = end.div_ceil(block);
+    (b0 * block, (b1 * block).min(payload_len))
+}
+
+/// Checks a chunk record's header and block table against the index;
+/// returns the block size.
+fn check_chunk_head(
+    id: &ChunkId,
+    entry: &ChunkEntry,
+    head: &[u8],
+    corrupt: &dyn Fn(u64, String) -> Error,
+) -> Result<u32, Error> {
+    let header = decode_header(head).map_err(|e| corrupt(entry.offset, e.to_string()))?;
+    if header.kind != RecordKind::Chunk
+        || header.key != id.0
+        || header.payload_len != entry.payload_len
+        || header.payload_offset() != head.len()
+    {
+        return Err(corrupt(
+            entry.offset,
+            "chunk header disagrees with the index".into(),
+        ));
+    }
+    verify_header_crc(&header, head).map_err(|e| corrupt(entry.offset, e.to_string()))?;
+    Ok(1u32 << header.block_size_log2)
+}
+
+/// Checks each block of `data` (starting at block `first`) against the
+/// table.
+fn check_blocks(
+    id: &ChunkId,
+    table: &[u8],
+    data: &[u8],
+    first: u32,
+    block: u32,
+    payload_at: u64,
+    corrupt: &dyn Fn(u64, String) -> Error,
+) -> Result<(), Error> {
+    for (i, piece) in data.chunks(block as usize).enumerate() {
+        let b = first + i as u32;
+        let expected = table_entry(table, b);
+        let actual = crc32fast::hash(piece);
+        if expected != actual {
+            return Err(corrupt(
+                payload_at + u64::from(b * block),
+                format!(
+                    "chunk {id} block {b} checksum: stored {expected:#010x}, computed {actual:#010x}"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn segment_file(
@@ -638,7 +823,32 @@ fn segment_file(
 
 impl BlobStore {
     /// Opens (recovering if needed) the blob store kept in `storage`.
+    /// Reads go through [`StorageFile::read_bytes_at`].
     pub fn open(storage: Arc<dyn Storage>, config: BlobConfig) -> Result<BlobStore, Error> {
+        Self::open_with(storage, config, None)
+    }
+
+    /// Opens the store in directory `dir` with the chosen I/O backend, and
+    /// serves chunk reads from read-only memory maps of the segment files:
+    /// a range read then checksums the page-cache bytes in place and hands
+    /// them out as a `Bytes` without copying (writes still go through the
+    /// backend). Use this for serving; [`BlobStore::open`] for any
+    /// [`Storage`].
+    pub fn open_dir(
+        dir: &std::path::Path,
+        backend: crate::io::BackendChoice,
+        config: BlobConfig,
+    ) -> Result<BlobStore, Error> {
+        let storage = crate::io::open_storage(dir, backend)
+            .map_err(|e| Error::io("open storage", &dir.display().to_string(), e))?;
+        Self::open_with(storage, config, Some(dir.to_path_buf()))
+    }
+
+    fn open_with(
+        storage: Arc<dyn Storage>,
+        config: BlobConfig,
+        mmap_dir: Option<std::path::PathBuf>,
+    ) -> Result<BlobStore, Error> {
         if !(CHUNK_SIZE_BYTES_MIN..=CHUNK_SIZE_BYTES_MAX).contains(&config.chunk_size_bytes) {
             return Err(Error::InvalidInput(format!(
                 "chunk_size_bytes {} outside {CHUNK_SIZE_BYTES_MIN}..={CHUNK_SIZE_BYTES_MAX}",
@@ -673,10 +883,35 @@ impl BlobStore {
                 ids: 0,
             }),
             counters: Counters::default(),
+            flusher: Arc::new(Flusher::default()),
+            mmap_dir,
         };
-        Ok(BlobStore {
-            inner: Arc::new(inner),
-        })
+        if inner.mmap_dir.is_some() {
+            let mut st = inner.write_state()?;
+            let names: Vec<(u64, String)> = st
+                .segments
+                .iter()
+                .map(|(id, s)| (*id, s.name.clone()))
+                .collect();
+            for (id, name) in names {
+                let map = inner.map_segment(&name);
+                if let Some(seg) = st.segments.get_mut(&id) {
+                    seg.map = map;
+                }
+            }
+        }
+        let inner = Arc::new(inner);
+        if inner.config.background_sync_bytes > 0 {
+            let weak = Arc::downgrade(&inner);
+            let flusher = inner.flusher.clone();
+            if let Err(error) = std::thread::Builder::new()
+                .name("blob-flush".into())
+                .spawn(move || run_flusher(weak, flusher))
+            {
+                tracing::warn!(%error, "no background flusher; syncs happen at commit only");
+            }
+        }
+        Ok(BlobStore { inner })
     }
 
     /// The settings the store was opened with.
@@ -851,7 +1086,14 @@ impl BlobStore {
 
     pub(crate) fn maybe_checkpoint(&self) {
         let due = match self.inner.read_state() {
-            Ok(st) => st.appended_since_checkpoint >= self.inner.config.checkpoint_interval_bytes,
+            Ok(st) => {
+                st.appended_since_checkpoint
+                    >= self
+                        .inner
+                        .config
+                        .checkpoint_interval_bytes
+                        .max(st.last_checkpoint_bytes.saturating_mul(4))
+            }
             Err(_) => false,
         };
         if due {
