@@ -26,6 +26,7 @@ fn exercise(data: &[u8]) -> usize {
                     record.lsn,
                     record.hlc,
                     record.node_id,
+                    record.group_index,
                     &record.ops,
                     None,
                 );

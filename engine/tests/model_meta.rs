@@ -470,7 +470,7 @@ fn flipped_bit_in_the_log_is_reported_as_corruption() {
         .unwrap();
     // A bit in the middle of the third record: acknowledged data follows it,
     // so this is not a torn tail.
-    disk.flip_bit(&name, 32 + 2 * 112 + 60, 3).unwrap();
+    disk.flip_bit(&name, 32 + 2 * 116 + 60, 3).unwrap();
     match MetaStore::open(Arc::new(disk.clone()), MetaConfig::default(), clock) {
         Err(Error::Corruption { file, offset, .. }) => {
             assert_eq!(file, name);
@@ -572,5 +572,68 @@ fn concurrent_commits_are_grouped_and_ordered() {
         let store = open(storage, &clock);
         assert_eq!(store.keyspace_len("g"), n);
         assert_eq!(store.head_lsn(), all.last().unwrap().lsn);
+    }
+}
+
+/// A damaged record followed by an intact one of the same group commit is a
+/// torn, unacknowledged write (sectors persist out of order); followed by one
+/// of a later group it is corruption of acknowledged data.
+#[test]
+fn torn_group_versus_corrupted_acknowledged_record() {
+    use spindle_engine::clock::Hlc;
+    use spindle_engine::io::OpenMode;
+    use spindle_engine::meta::wal::{self, Op};
+    for (third_group_index, expect_ok) in [(1u32, true), (0u32, false)] {
+        let disk = FaultStorage::new();
+        let op = |k: &str| Op::Put {
+            keyspace: "ks".into(),
+            key: Bytes::copy_from_slice(k.as_bytes()),
+            value: Bytes::from_static(b"value"),
+        };
+        let mut data = wal::encode_segment_header(1).to_vec();
+        wal::encode_record(&mut data, 1, Hlc(10), 1, 0, &[op("a")], None);
+        let second_at = data.len();
+        // Records 2 and 3: record 2 starts a group; record 3 is either its
+        // second member or the first of a later group.
+        wal::encode_record(&mut data, 2, Hlc(11), 1, 0, &[op("b")], None);
+        wal::encode_record(
+            &mut data,
+            3,
+            Hlc(12),
+            1,
+            third_group_index,
+            &[op("c")],
+            None,
+        );
+        data[second_at + 50] ^= 0x01;
+        let name = "meta-00000000000000000001.log";
+        let f = disk.open(name, OpenMode::CreateNew).unwrap();
+        f.write_all_at(&data, 0).unwrap();
+        f.sync_data().unwrap();
+        disk.sync_dir().unwrap();
+        drop(f);
+        let clock = Arc::new(ManualClock::new(5));
+        let c: Arc<dyn Clock> = clock.clone();
+        match MetaStore::open(Arc::new(disk.clone()), config(), c) {
+            Ok(store) => {
+                assert!(
+                    expect_ok,
+                    "corruption of an acknowledged record not detected"
+                );
+                assert_eq!(store.head_lsn(), 1);
+                assert!(store.get("ks", b"a").unwrap().is_some());
+                assert!(store.get("ks", b"c").unwrap().is_none());
+                // The tail was cut: new commits continue at LSN 2.
+                let mut b = Batch::new();
+                b.put("ks", b"d", b"x");
+                assert_eq!(store.commit(b).unwrap().lsn, 2);
+            }
+            Err(Error::Corruption { file, offset, .. }) => {
+                assert!(!expect_ok, "a torn group was reported as corruption");
+                assert_eq!(file, name);
+                assert_eq!(offset, second_at as u64);
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
     }
 }

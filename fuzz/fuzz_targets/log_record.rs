@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
                     record.lsn,
                     record.hlc,
                     record.node_id,
+                    record.group_index,
                     &record.ops,
                     None,
                 );

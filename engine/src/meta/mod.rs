@@ -493,10 +493,14 @@ fn scan_segment_bytes(data: &[u8]) -> SegmentScan {
     }
 }
 
-/// After a bad record at `bad_at` in the last segment: is there a valid record
-/// later with an LSN beyond `last_lsn`? Then the damage is not a torn tail
-/// but lost acknowledged data, and must be reported.
-fn valid_record_after(data: &[u8], bad_at: usize, last_lsn: u64) -> Option<usize> {
+/// After a bad record at `bad_at` in the newest segment (the last good one
+/// being `last_lsn`): is there a valid record later that belongs to a *later*
+/// group commit than the bad one (its group began after `last_lsn + 1`)? A
+/// later group is written only after the earlier one was synced, so then the
+/// bad record was acknowledged: corruption, not a torn tail. Records of the
+/// bad record's own group may survive a crash out of order (sectors persist
+/// in any order) and prove nothing.
+fn later_group_after(data: &[u8], bad_at: usize, last_lsn: u64) -> Option<usize> {
     let mut at = bad_at + 1;
     while at + RECORD_HEADER_BYTES <= data.len() {
         let rest = &data[at..];
@@ -505,7 +509,8 @@ fn valid_record_after(data: &[u8], bad_at: usize, last_lsn: u64) -> Option<usize
             .position(|w| w == wal::RECORD_MAGIC)
             .map(|p| at + p)?;
         if let Ok((rec, _)) = wal::decode_record(&data[found..]) {
-            if rec.lsn > last_lsn {
+            let group_first = rec.lsn.saturating_sub(u64::from(rec.group_index));
+            if rec.lsn > last_lsn && group_first > last_lsn + 1 {
                 return Some(found);
             }
         }
@@ -692,7 +697,7 @@ impl MetaStore {
                 if let Some(err) = &scan.stopped {
                     let bad_at = scan.valid_end as usize;
                     let torn = is_tail
-                        && valid_record_after(&data, bad_at, seg_next.saturating_sub(1)).is_none();
+                        && later_group_after(&data, bad_at, seg_next.saturating_sub(1)).is_none();
                     if !torn {
                         return Err(Error::Corruption {
                             file: name.clone(),
@@ -924,6 +929,7 @@ impl MetaStore {
                     next_lsn,
                     hlc,
                     inner.config.node_id,
+                    u32::try_from(accepted.len()).unwrap_or(u32::MAX),
                     &p.batch.ops,
                     inner.config.compress_values_over_bytes,
                 );

@@ -27,7 +27,9 @@
 //! | 16     | 8     | HLC timestamp                                    |
 //! | 24     | 8     | origin node id                                   |
 //! | 32     | 4     | payload length in bytes                          |
-//! | 36     | 4     | crc32 of header bytes 0..36 then the payload     |
+//! | 36     | 4     | group index: position of the record in the group |
+//! |        |       | commit that wrote it (0 = first of its write)    |
+//! | 40     | 4     | crc32 of header bytes 0..40 then the payload     |
 //!
 //! Payload: op count (u32), then per op:
 //!
@@ -60,7 +62,7 @@ const SEG_OFF_VERSION: usize = 4;
 const SEG_OFF_BASE_LSN: usize = 8;
 const SEG_OFF_CRC: usize = 28;
 
-pub const RECORD_HEADER_BYTES: usize = 40;
+pub const RECORD_HEADER_BYTES: usize = 44;
 const REC_OFF_VERSION: usize = 4;
 const REC_OFF_KIND: usize = 6;
 const REC_OFF_RESERVED: usize = 7;
@@ -68,7 +70,8 @@ const REC_OFF_LSN: usize = 8;
 const REC_OFF_HLC: usize = 16;
 const REC_OFF_NODE: usize = 24;
 const REC_OFF_LEN: usize = 32;
-const REC_OFF_CRC: usize = 36;
+const REC_OFF_GROUP: usize = 36;
+const REC_OFF_CRC: usize = 40;
 
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
@@ -119,6 +122,11 @@ pub struct Record {
     pub lsn: u64,
     pub hlc: Hlc,
     pub node_id: u64,
+    /// Position within the group commit that wrote it: the group's records
+    /// were written together and synced once, so records of one group may
+    /// be torn together, and a record with `lsn - group_index` beyond a bad
+    /// record proves that record was synced before (recovery uses this).
+    pub group_index: u32,
     pub ops: Vec<Op>,
 }
 
@@ -204,6 +212,7 @@ pub fn encode_record(
     lsn: u64,
     hlc: Hlc,
     node_id: u64,
+    group_index: u32,
     ops: &[Op],
     compress_over_bytes: Option<usize>,
 ) {
@@ -260,6 +269,7 @@ pub fn encode_record(
     h[REC_OFF_HLC..REC_OFF_HLC + 8].copy_from_slice(&hlc.0.to_le_bytes());
     h[REC_OFF_NODE..REC_OFF_NODE + 8].copy_from_slice(&node_id.to_le_bytes());
     h[REC_OFF_LEN..REC_OFF_LEN + 4].copy_from_slice(&len_u32(payload_len).to_le_bytes());
+    h[REC_OFF_GROUP..REC_OFF_GROUP + 4].copy_from_slice(&group_index.to_le_bytes());
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&out[start..start + REC_OFF_CRC]);
     hasher.update(&out[start + RECORD_HEADER_BYTES..]);
@@ -300,6 +310,7 @@ pub struct RecordHeader {
     pub lsn: u64,
     pub hlc: Hlc,
     pub node_id: u64,
+    pub group_index: u32,
     pub payload_len: u32,
 }
 
@@ -345,6 +356,7 @@ pub fn decode_header(buf: &[u8]) -> Result<RecordHeader, DecodeError> {
         lsn: u64_at(buf, REC_OFF_LSN),
         hlc: Hlc(u64_at(buf, REC_OFF_HLC)),
         node_id: u64_at(buf, REC_OFF_NODE),
+        group_index: u32_at(buf, REC_OFF_GROUP),
         payload_len,
     })
 }
@@ -374,6 +386,7 @@ pub fn decode_record(buf: &[u8]) -> Result<(Record, usize), DecodeError> {
             lsn: header.lsn,
             hlc: header.hlc,
             node_id: header.node_id,
+            group_index: header.group_index,
             ops,
         },
         total,
@@ -557,12 +570,13 @@ mod tests {
     fn round_trips_with_and_without_compression() {
         for compress in [None, Some(100)] {
             let mut buf = Vec::new();
-            encode_record(&mut buf, 42, Hlc(99), 3, &sample_ops(), compress);
+            encode_record(&mut buf, 42, Hlc(99), 3, 5, &sample_ops(), compress);
             let (rec, used) = decode_record(&buf).unwrap();
             assert_eq!(used, buf.len());
             assert_eq!(rec.lsn, 42);
             assert_eq!(rec.hlc, Hlc(99));
             assert_eq!(rec.node_id, 3);
+            assert_eq!(rec.group_index, 5);
             assert_eq!(rec.ops, sample_ops());
             if compress.is_some() {
                 assert!(buf.len() < 1000, "compressed record is {} bytes", buf.len());
@@ -573,7 +587,7 @@ mod tests {
     #[test]
     fn every_truncation_and_bit_flip_is_rejected() {
         let mut buf = Vec::new();
-        encode_record(&mut buf, 1, Hlc(2), 3, &sample_ops()[1..], None);
+        encode_record(&mut buf, 1, Hlc(2), 3, 0, &sample_ops()[1..], None);
         for len in 0..buf.len() {
             assert!(decode_record(&buf[..len]).is_err(), "prefix {len} decoded");
         }
