@@ -180,11 +180,29 @@ fn read_body(
     }
     if total_bytes <= inline_max_bytes(store) {
         if let [Segment::Data(r)] = segments {
-            let data = store
-                .read(&id, r.start, r.end - r.start)
-                .map_err(read_error)?;
-            assert_eq!(data.len() as u64, total_bytes, "engine read length");
-            return Ok(Body::full(data));
+            // Chunk by chunk, so a range spanning two chunks is sent as two
+            // buffers instead of being copied into one.
+            let mut reader = store.read_range(&id, r.clone()).map_err(read_error)?;
+            let first = match reader.next() {
+                Some(piece) => piece.map_err(read_error)?,
+                None => Bytes::new(),
+            };
+            if reader.remaining_bytes() == 0 {
+                assert_eq!(first.len() as u64, total_bytes, "engine read length");
+                return Ok(Body::full(first));
+            }
+            let mut pieces = Vec::with_capacity(3);
+            pieces.push(first);
+            for piece in reader {
+                pieces.push(piece.map_err(read_error)?);
+            }
+            let body = Body::pieces(pieces);
+            assert_eq!(
+                http_body::Body::size_hint(&body).exact(),
+                Some(total_bytes),
+                "engine read length"
+            );
+            return Ok(body);
         }
         // Multipart: gather the parts into one buffer (a copy, but only of a
         // small response on a rare path).
@@ -495,7 +513,11 @@ mod tests {
         );
 
         // Inline single range and a streamed one spanning chunks.
-        for (range, start, end) in [("bytes=10-19", 10, 20), ("bytes=100-", 100, blob.len())] {
+        for (range, start, end) in [
+            ("bytes=10-19", 10, 20),
+            ("bytes=4000-4199", 4000, 4200),
+            ("bytes=100-", 100, blob.len()),
+        ] {
             let (st, h, body) = get(&store, &id, Method::GET, &[("range", range)]).await;
             assert_eq!(st, StatusCode::PARTIAL_CONTENT, "{range}");
             assert_eq!(body, &blob[start..end], "{range}");

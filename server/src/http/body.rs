@@ -4,6 +4,8 @@
 //! nothing beyond the `Bytes` it hands out:
 //! - [`Body::empty`]: no bytes (304, HEAD, 204).
 //! - [`Body::full`]: one `Bytes` already in hand (small ranges, JSON).
+//! - [`Body::pieces`]: a few `Bytes` in hand (a range spanning two chunks),
+//!   sent one after the other rather than copied together.
 //! - [`Body::stream`]: chunks arriving over a bounded channel from a producer
 //!   (a blocking task reading the blob store), so a large range streams with
 //!   backpressure and never sits in memory whole; when hyper drops the body
@@ -45,6 +47,12 @@ enum Kind {
     Empty,
     /// `None` once the buffer has been handed to hyper.
     Full(Option<Bytes>),
+    /// Several buffers in order (a range spanning chunks, read inline),
+    /// with the bytes still to come.
+    Pieces {
+        pieces: std::vec::IntoIter<Bytes>,
+        remaining_bytes: u64,
+    },
     Stream {
         rx: BodyReceiver,
         /// Bytes still owed when the length is known; `None` when unknown.
@@ -66,6 +74,20 @@ impl Body {
         }
         Self {
             kind: Kind::Full(Some(data)),
+        }
+    }
+
+    /// A body made of several buffers sent one after another, uncopied.
+    pub fn pieces(pieces: Vec<Bytes>) -> Self {
+        let remaining_bytes = pieces.iter().map(|p| p.len() as u64).sum();
+        if remaining_bytes == 0 {
+            return Self::empty();
+        }
+        Self {
+            kind: Kind::Pieces {
+                pieces: pieces.into_iter(),
+                remaining_bytes,
+            },
         }
     }
 
@@ -141,6 +163,18 @@ impl http_body::Body for Body {
         match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Pieces {
+                pieces,
+                remaining_bytes,
+            } => {
+                for piece in pieces.by_ref() {
+                    if !piece.is_empty() {
+                        *remaining_bytes -= piece.len() as u64;
+                        return Poll::Ready(Some(Ok(Frame::data(piece))));
+                    }
+                }
+                Poll::Ready(None)
+            }
             Kind::Stream {
                 rx,
                 remaining_bytes,
@@ -189,6 +223,9 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Empty => true,
             Kind::Full(data) => data.is_none(),
+            Kind::Pieces {
+                remaining_bytes, ..
+            } => *remaining_bytes == 0,
             Kind::Stream {
                 remaining_bytes, ..
             } => *remaining_bytes == Some(0),
@@ -199,6 +236,9 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Pieces {
+                remaining_bytes, ..
+            } => SizeHint::with_exact(*remaining_bytes),
             Kind::Stream {
                 remaining_bytes, ..
             } => match remaining_bytes {
@@ -245,6 +285,25 @@ mod tests {
             assert!(next(&mut b).await.is_none());
 
             assert!(Body::full(Bytes::new()).is_end_stream());
+        });
+    }
+
+    #[test]
+    fn pieces_are_sent_in_order_with_exact_sizes() {
+        run(async {
+            let mut b = Body::pieces(vec![
+                Bytes::from_static(b"ab"),
+                Bytes::new(),
+                Bytes::from_static(b"cde"),
+            ]);
+            assert_eq!(b.size_hint().exact(), Some(5));
+            assert_eq!(next(&mut b).await.unwrap().unwrap(), "ab");
+            assert_eq!(b.size_hint().exact(), Some(3));
+            assert!(!b.is_end_stream());
+            assert_eq!(next(&mut b).await.unwrap().unwrap(), "cde");
+            assert!(b.is_end_stream());
+            assert!(next(&mut b).await.is_none());
+            assert!(Body::pieces(vec![Bytes::new()]).is_end_stream());
         });
     }
 
