@@ -231,6 +231,53 @@ fn mp3_cbr_vbr_xing_and_crc() {
     );
     assert_eq!(out.report.tags.genres, ["Folk, World & Country", "Choral"]);
 
+    // ID3v2.2 (three-letter frame ids), made by hand in front of an untagged MP3.
+    let bare = scratch("bare.mp3");
+    ffmpeg(&[
+        "-i",
+        src.to_str().unwrap(),
+        "-map_metadata",
+        "-1",
+        "-c:a",
+        "libmp3lame",
+        "-q:a",
+        "4",
+        "-write_id3v2",
+        "0",
+        bare.to_str().unwrap(),
+    ]);
+    let frame = |id: &[u8; 3], text: &str| {
+        let mut body = vec![0u8]; // ISO-8859-1
+        body.extend(text.bytes());
+        let mut f = id.to_vec();
+        f.extend(&(body.len() as u32).to_be_bytes()[1..]);
+        f.extend(body);
+        f
+    };
+    let frames = [
+        frame(b"TT2", "Old Tag"),
+        frame(b"TP1", "AC/DC Tribute Orchestra"),
+        frame(b"TAL", "Tales"),
+    ]
+    .concat();
+    let size = frames.len() as u32;
+    let syncsafe = [
+        (size >> 21) as u8 & 0x7F,
+        (size >> 14) as u8 & 0x7F,
+        (size >> 7) as u8 & 0x7F,
+        size as u8 & 0x7F,
+    ];
+    let mut bytes = b"ID3\x02\x00\x00".to_vec();
+    bytes.extend(syncsafe);
+    bytes.extend(frames);
+    bytes.extend(std::fs::read(&bare).unwrap());
+    let out = run(bytes, None, &Limits::default()).unwrap();
+    let t = &out.report.tags;
+    assert_eq!(t.title.as_deref(), Some("Old Tag"));
+    assert_eq!(t.artists, ["AC/DC Tribute Orchestra"]);
+    assert_eq!(t.album.as_deref(), Some("Tales"));
+    assert!((out.report.duration_ms as f64 - SECONDS * 1000.0).abs() <= 30.0);
+
     // ID3v1 only (Latin-1, fixed fields, no genre of that name in its table).
     let v1 = scratch("v1.mp3");
     ffmpeg(&[
