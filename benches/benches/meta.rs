@@ -210,7 +210,9 @@ fn gets_and_restart(c: &mut Criterion) {
         "restart replaying the whole log (no snapshot): {:?}",
         t.elapsed()
     );
+    let t = Instant::now();
     store.snapshot_now().unwrap();
+    println!("snapshot of {RECORDS} records: {:?}", t.elapsed());
     drop(store);
     let mut times = Vec::new();
     let mut cpu_times = Vec::new();

@@ -32,7 +32,7 @@ use super::{read, Error, MetaStore, Segment, INTERNAL_KEYSPACE_PREFIX};
 use crate::clock::Hlc;
 
 /// Bytes read from a segment at a time.
-const READ_CHUNK_BYTES: u64 = 1 << 20;
+const READ_CHUNK_BYTES: u64 = 256 * 1024;
 /// Longest consumer name.
 const CONSUMER_NAME_BYTES_MAX: usize = 256;
 
