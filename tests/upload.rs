@@ -301,6 +301,26 @@ fn too_large_uploads_get_413_and_store_nothing() {
         .expect("a response");
     assert_eq!(r.status, 413);
 
+    // Multipart whose file part is over the limit (the whole body is within
+    // the allowance for framing, so the file bytes must be counted).
+    let boundary = "bnd42";
+    let mut body = Vec::new();
+    write!(
+        body,
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n\r\n"
+    )
+    .unwrap();
+    body.extend(std::iter::repeat_n(4u8, limit + limit / 2));
+    write!(body, "\r\n--{boundary}--\r\n").unwrap();
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let r = server.request(
+        "POST",
+        "/v1/tracks",
+        &[("Authorization", &token), ("Content-Type", &ct)],
+        &body,
+    );
+    assert_eq!(r.status, 413);
+
     // Exactly at the limit is fine.
     let at_limit = vec![5u8; limit];
     let r = server.request(

@@ -79,10 +79,14 @@ pub fn run_blocking(config: ServeConfig) -> Result<(), ServeError> {
             .build()
     }
     .map_err(ServeError::Runtime)?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let signals = shutdown_signal()?;
         run(config, signals).await
-    })
+    });
+    // Dropping the tasks ends any upload writer (its sender goes away), so
+    // this bound is only a safety net against a stuck blocking call.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    result
 }
 
 /// A future that completes on the first SIGTERM or SIGINT.
@@ -245,11 +249,9 @@ fn http_builder(config: &ServeConfig) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size((config.max_header_bytes).saturating_mul(2))
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_millis(
-            config.idle_timeout_ms.max(2) / 2,
-        )))
-        .keep_alive_timeout(Duration::from_millis(config.idle_timeout_ms.max(1)));
+        // No keep-alive pings: they would count as traffic and keep an
+        // otherwise idle connection open past the idle timeout.
+        .max_concurrent_streams(256);
     builder
 }
 

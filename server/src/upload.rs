@@ -53,6 +53,8 @@ use crate::track::{
 pub const PUMP_CHANNEL_CAPACITY: usize = 4;
 /// Pieces the handler may queue for the blocking writer.
 pub const SINK_CHANNEL_CAPACITY: usize = 8;
+/// Bytes a multipart body may carry beyond the file: part heads and fields.
+pub const MULTIPART_OVERHEAD_BYTES_MAX: u64 = 1 << 20;
 /// After a 413, bytes read and discarded at most.
 pub const DRAIN_MAX_BYTES: u64 = 8 << 20;
 /// After a 413, time spent draining at most.
@@ -255,7 +257,12 @@ pub async fn create_track(
     let declared_len = req.body().size_hint().exact();
     let (_parts, body) = req.into_parts();
     let rx = pump(body, app.config.body_read_timeout_ms);
-    if declared_len.is_some_and(|n| n > limit_bytes) && boundary.is_none() {
+    // Multipart framing and fields may add up to MULTIPART_OVERHEAD_BYTES_MAX.
+    let allowed_len = match boundary {
+        None => limit_bytes,
+        Some(_) => limit_bytes.saturating_add(MULTIPART_OVERHEAD_BYTES_MAX),
+    };
+    if declared_len.is_some_and(|n| n > allowed_len) {
         drop(rx); // the pump drains a bounded excess
         app.metrics.uploads_failed.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::PayloadTooLarge { limit_bytes });
@@ -330,7 +337,7 @@ async fn receive_multipart(
     // The whole body may exceed the file by the fields and part headers.
     let constraints = multer::Constraints::new().size_limit(
         multer::SizeLimit::new()
-            .whole_stream(limit_bytes.saturating_add(1 << 20))
+            .whole_stream(limit_bytes.saturating_add(MULTIPART_OVERHEAD_BYTES_MAX))
             .per_field(limit_bytes.saturating_add(1)),
     );
     let mut multipart = multer::Multipart::with_constraints(stream, boundary, constraints);
@@ -412,6 +419,7 @@ async fn commit_track(
         failure_reason: None,
         created_ms: now,
         updated_ms: now,
+        media: Default::default(),
     };
     let record = serde_json::to_vec(&track).map_err(|e| ApiError::Internal {
         message: format!("track does not serialize: {e}"),
