@@ -53,6 +53,8 @@ pub enum OpenError {
     Meta(#[from] spindle_engine::meta::Error),
     #[error("tokens: {0}")]
     Tokens(#[from] crate::tokens::TokenError),
+    #[error("discovery: {0}")]
+    Discovery(#[from] crate::catalog::http::DiscoveryError),
 }
 
 /// Everything a request handler needs. Shared by all connections.
@@ -63,6 +65,8 @@ pub struct App {
     pub queue: Queue,
     pub tokens: Tokens,
     pub metrics: Metrics,
+    /// The L1 cache and the search index, each with its feed consumer.
+    pub discovery: crate::catalog::http::Discovery,
     /// False until serving starts and again once shutdown begins.
     pub ready: AtomicBool,
 }
@@ -99,6 +103,7 @@ impl App {
         let meta = MetaStore::open(meta_storage, MetaConfig::default(), Arc::new(SystemClock))?;
         let queue = Queue::new(&meta, TRANSCODE_QUEUE, QueueConfig::default())?;
         let (tokens, new_tokens) = Tokens::load_or_create(&meta, &config.tokens_path())?;
+        let discovery = crate::catalog::http::Discovery::open(&meta, &config.data_dir)?;
         let app = App {
             config,
             blobs,
@@ -106,6 +111,7 @@ impl App {
             queue,
             tokens,
             metrics: Metrics::default(),
+            discovery,
             ready: AtomicBool::new(false),
         };
         Ok((app, new_tokens))
@@ -161,6 +167,8 @@ impl App {
             ["v1", "tracks", _, "stream"] => (Route::TrackStream, "GET, HEAD"),
             ["v1", "admin", "stats"] => (Route::Admin, "GET, HEAD"),
             ["v1", "admin", "compact"] => (Route::Admin, "POST"),
+            // Counted as unmatched until metrics::Route has discovery routes.
+            s if crate::catalog::http::is_discovery_path(s) => (Route::Unmatched, "GET, HEAD"),
             _ => {
                 let e = ApiError::NoRoute {
                     path: path.chars().take(256).collect(),
@@ -179,6 +187,11 @@ impl App {
         let id = segments.get(2).copied().unwrap_or("").to_owned();
         let result = match (route, segments.get(2)) {
             (Route::TrackCreate, _) => crate::upload::create_track(self.clone(), req).await,
+            _ if crate::catalog::http::is_discovery_path(&segments) => match check_small_body(&req)
+            {
+                Err(e) => Err(e),
+                Ok(()) => crate::catalog::http::route(self, &segments, req.uri().query()).await,
+            },
             (Route::Healthz | Route::Readyz | Route::Metrics, _) | (Route::Admin, _) => {
                 match check_small_body(&req) {
                     Err(e) => Err(e),
@@ -314,11 +327,8 @@ impl App {
     }
 
     fn get_track(&self, id: &str) -> Result<Response<Body>, ApiError> {
-        let track = self.load_track(id)?;
-        let mut r = json_response(StatusCode::OK, &track.to_api_json());
-        r.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        Ok(r)
+        // Through the L1 cache: one store lookup per key per miss.
+        Ok(crate::catalog::http::track_response(self, id))
     }
 
     async fn delete_track(
@@ -343,15 +353,17 @@ impl App {
     /// never a dangling track.
     fn delete_track_blocking(&self, track: &Track) -> Result<(), ApiError> {
         let mut batch = Batch::new();
-        batch.require(
-            TRACKS_KEYSPACE,
-            track.id.as_bytes(),
-            self.meta
-                .get(TRACKS_KEYSPACE, track.id.as_bytes())
-                .map_err(|e| ApiError::storage("reading a track", e))?
-                .as_deref(),
-        );
+        let current = self
+            .meta
+            .get(TRACKS_KEYSPACE, track.id.as_bytes())
+            .map_err(|e| ApiError::storage("reading a track", e))?;
+        batch.require(TRACKS_KEYSPACE, track.id.as_bytes(), current.as_deref());
         batch.delete(TRACKS_KEYSPACE, track.id.as_bytes());
+        // The catalog records go in the same batch as the record they mirror.
+        let old: Option<Track> = current
+            .as_deref()
+            .and_then(|v| serde_json::from_slice(v).ok());
+        crate::catalog::index_track(&mut batch, old.as_ref(), None);
         self.meta
             .commit(batch)
             .map_err(|e| ApiError::storage("deleting a track", e))?;
@@ -552,6 +564,7 @@ impl App {
         for (name, help, value) in counters {
             metrics::counter(&mut out, name, help, value);
         }
+        self.discovery.render_metrics(&mut out);
         out
     }
 }

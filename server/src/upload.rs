@@ -432,9 +432,11 @@ async fn commit_track(
         message: format!("job does not serialize: {e}"),
     })?;
     let app2 = app.clone();
+    let catalog_track = track.clone();
     tokio::task::spawn_blocking(move || {
         let mut batch = Batch::new();
         batch.put(TRACKS_KEYSPACE, id.as_bytes(), &record);
+        crate::catalog::index_track(&mut batch, None, Some(&catalog_track));
         batch.put(BLOB_META_KEYSPACE, blob.id.0, media_type.as_bytes());
         let committed = app2
             .queue

@@ -2,6 +2,12 @@
 //! fed by the real change-feed consumer (tracks written through the
 //! catalog's batch hook, as the transcoder does).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failed unwrap fails the test, which is the right outcome"
+)]
+
 mod discovery_support;
 
 use std::sync::{Arc, OnceLock};

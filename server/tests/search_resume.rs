@@ -2,6 +2,12 @@
 //! duplicates nothing; a truncated feed or `reindex` rebuilds from the
 //! store; deletes and un-readying disappear; the visibility lag is measured.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failed unwrap fails the test, which is the right outcome"
+)]
+
 mod discovery_support;
 
 use std::collections::BTreeSet;

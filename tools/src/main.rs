@@ -27,7 +27,40 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the HTTP origin: uploads, streaming, metrics.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Rebuild the search index from the metadata store (server stopped).
+    Reindex(ReindexArgs),
+}
+
+/// Flags of `spindle reindex`.
+#[derive(Debug, Args)]
+struct ReindexArgs {
+    /// Data directory [default: ./spindle-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Storage backend: auto, portable or uring [default: auto].
+    #[arg(long, value_name = "BACKEND", default_value = "auto")]
+    io_backend: String,
+}
+
+fn reindex(args: ReindexArgs) -> anyhow::Result<()> {
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from(spindle_server::config::DEFAULT_DATA_DIR));
+    let backend = args
+        .io_backend
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--io-backend: {e}"))?;
+    let started = std::time::Instant::now();
+    let report = spindle_server::search::reindex_data_dir(&data_dir, backend)
+        .with_context(|| format!("reindexing {}", data_dir.display()))?;
+    println!(
+        "reindexed {} documents up to lsn {} in {:.1} s",
+        report.documents,
+        report.lsn,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Flags of `spindle serve`; each overrides `SPINDLE_<NAME>` and the file.
@@ -130,6 +163,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
+        Command::Reindex(args) => reindex(args),
     }
 }

@@ -6,7 +6,7 @@
 //! - `cat_genre_tracks`: `C(genre_key) C(title_key) track_id` -> [`Member`]
 //! - `cat_artists`: `C(artist_name_key) C(artist_id) track_id` -> [`Member`]
 //! - `cat_artist_tracks`: `C(artist_id) C(album_key) C(title_key) track_id` -> [`Member`]
-//! - `cat_album_tracks`: `C(album_id) C(title_key) track_id` -> [`Member`]
+//! - `cat_album_tracks`: `C(album_id) C(disc, track number) C(title_key) track_id` -> [`Member`]
 //!
 //! An artist, album or genre is the set of its membership records: one per
 //! (entity, ready track), carrying the entity's display name and a summary
@@ -35,7 +35,7 @@ use spindle_engine::meta::{index, Batch, Direction, MetaStore};
 use crate::track::{Kind, Status, Track, TRACKS_KEYSPACE};
 
 mod fold;
-// pub mod http;
+pub mod http;
 pub use fold::{fold, genre_key};
 
 pub const GENRE_TRACKS_KEYSPACE: &str = "cat_genre_tracks";
@@ -129,9 +129,13 @@ pub fn album_id(album_artist: &str, name: &str) -> String {
 /// part of names like "AC/DC"); genres by `;`, `,` and `/` ("Rock/Pop").
 /// Values are trimmed, empties dropped, and duplicates by key removed.
 fn split_values(value: Option<&str>, separators: &[char]) -> Vec<String> {
+    distinct(value.unwrap_or("").split(|c| separators.contains(&c)))
+}
+
+fn distinct<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
-    for part in value.unwrap_or("").split(|c| separators.contains(&c)) {
+    for part in values {
         let part = part.trim();
         let key = genre_key(part);
         if key.is_empty() || !seen.insert(key) {
@@ -142,48 +146,109 @@ fn split_values(value: Option<&str>, separators: &[char]) -> Vec<String> {
     out
 }
 
+/// The tags the transcoder read from the file (`tags` in the record). Read
+/// through the record's JSON so the catalog follows the record's wire shape,
+/// which is the stable contract, rather than its Rust type.
+#[derive(Debug, Default)]
+struct FileTags {
+    title: Option<String>,
+    artists: Vec<String>,
+    album: Option<String>,
+    album_artist: Option<String>,
+    genres: Vec<String>,
+    disc_number: u64,
+    track_number: u64,
+}
+
+fn file_tags(track: &Track) -> FileTags {
+    let Ok(record) = serde_json::to_value(track) else {
+        return FileTags::default();
+    };
+    let tags = &record["tags"];
+    let text = |k: &str| tags.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let list = |k: &str| -> Vec<String> {
+        tags.get(k)
+            .and_then(|v| v.as_array())
+            .map(|a| distinct(a.iter().filter_map(|x| x.as_str())))
+            .unwrap_or_default()
+    };
+    let number = |k: &str| tags.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    FileTags {
+        title: text("title"),
+        artists: list("artists"),
+        album: text("album"),
+        album_artist: text("album_artist"),
+        genres: list("genres"),
+        disc_number: number("disc_number"),
+        track_number: number("track_number"),
+    }
+}
+
+fn non_blank(s: &Option<String>) -> Option<&str> {
+    s.as_deref()
+        .map(str::trim)
+        .filter(|v| !genre_key(v).is_empty())
+}
+
 /// The summary of `track`, or `None` when it is not listed (not ready).
+/// Upload fields win over file tags; an album's artist is the file's album
+/// artist, else the track's first artist.
 pub fn summarize(track: &Track) -> Option<TrackSummary> {
+    summarize_with_order(track).map(|(s, _)| s)
+}
+
+/// The summary and the track's position on its album (disc, number).
+fn summarize_with_order(track: &Track) -> Option<(TrackSummary, (u64, u64))> {
     if track.status != Status::Ready {
         return None;
     }
     let f = &track.fields;
-    let title = f
-        .title
-        .clone()
-        .filter(|t| !t.trim().is_empty())
-        .or_else(|| f.filename.clone())
+    let tags = file_tags(track);
+    let title = non_blank(&f.title)
+        .or(non_blank(&tags.title))
+        .or(non_blank(&f.filename))
+        .map(str::to_owned)
         .unwrap_or_else(|| track.id.clone());
-    let artists: Vec<ArtistRef> = split_values(f.artist.as_deref(), &[';'])
+    let artist_names = match non_blank(&f.artist) {
+        Some(a) => split_values(Some(a), &[';']),
+        None => tags.artists.clone(),
+    };
+    let artists: Vec<ArtistRef> = artist_names
         .into_iter()
         .map(|name| ArtistRef {
             id: artist_id(&name),
             name,
         })
         .collect();
-    let album = f
-        .album
-        .as_deref()
-        .map(str::trim)
-        .filter(|a| !genre_key(a).is_empty())
-        .map(|name| {
-            let artist = artists.first().cloned();
-            let artist_name = artist.as_ref().map(|a| a.name.as_str()).unwrap_or("");
-            AlbumRef {
-                id: album_id(artist_name, name),
-                name: name.to_owned(),
-                artist,
-            }
-        });
-    Some(TrackSummary {
+    let album = non_blank(&f.album).or(non_blank(&tags.album)).map(|name| {
+        let artist = match non_blank(&tags.album_artist) {
+            Some(a) => Some(ArtistRef {
+                id: artist_id(a),
+                name: a.to_owned(),
+            }),
+            None => artists.first().cloned(),
+        };
+        let artist_name = artist.as_ref().map(|a| a.name.as_str()).unwrap_or("");
+        AlbumRef {
+            id: album_id(artist_name, name),
+            name: name.to_owned(),
+            artist,
+        }
+    });
+    let genres = match non_blank(&f.genre) {
+        Some(g) => split_values(Some(g), &[';', ',', '/']),
+        None => tags.genres.clone(),
+    };
+    let summary = TrackSummary {
         id: track.id.clone(),
         kind: track.kind,
         title,
         artists,
         album,
-        genres: split_values(f.genre.as_deref(), &[';', ',', '/']),
+        genres,
         created_ms: track.created_ms,
-    })
+    };
+    Some((summary, (tags.disc_number, tags.track_number)))
 }
 
 fn key(parts: &[&str], track_id: &str) -> Vec<u8> {
@@ -198,7 +263,7 @@ fn key(parts: &[&str], track_id: &str) -> Vec<u8> {
 /// The membership records of `track`: `(keyspace, key) -> Member`.
 pub fn memberships(track: &Track) -> BTreeMap<(&'static str, Vec<u8>), Member> {
     let mut out = BTreeMap::new();
-    let Some(s) = summarize(track) else {
+    let Some((s, (disc, number))) = summarize_with_order(track) else {
         return out;
     };
     let title_key = genre_key(&s.title);
@@ -238,7 +303,13 @@ pub fn memberships(track: &Track) -> BTreeMap<(&'static str, Vec<u8>), Member> {
     }
     if let Some(album) = &s.album {
         out.insert(
-            (ALBUM_TRACKS_KEYSPACE, key(&[&album.id, &title_key], &s.id)),
+            (
+                ALBUM_TRACKS_KEYSPACE,
+                key(
+                    &[&album.id, &format!("{disc:010}{number:010}"), &title_key],
+                    &s.id,
+                ),
+            ),
             Member {
                 name: album.name.clone(),
                 track: s.clone(),

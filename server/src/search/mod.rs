@@ -1042,11 +1042,19 @@ pub struct ReindexReport {
     pub documents: u64,
 }
 
-/// Rebuilds the index in `dir` from `store` (`spindle reindex`; the server
-/// must not be running on the same data directory).
+/// Rebuilds the index in `dir` from `store` (the server must not be running
+/// on the same data directory: see [`reindex_data_dir`]).
 pub fn reindex(store: &MetaStore, dir: &Path) -> Result<ReindexReport, SearchError> {
     let (index, fields) = open_index(dir)?;
     let writer = index.writer_with_num_threads(1, 64 * 1024 * 1024)?;
+    reindex_with(store, writer, fields)
+}
+
+fn reindex_with(
+    store: &MetaStore,
+    writer: IndexWriter,
+    fields: Fields,
+) -> Result<ReindexReport, SearchError> {
     let mut docs = DocWriter {
         writer,
         fields,
@@ -1062,4 +1070,34 @@ pub fn reindex(store: &MetaStore, dir: &Path) -> Result<ReindexReport, SearchErr
         lsn,
         documents: docs.added,
     })
+}
+
+/// `spindle reindex`: rebuilds `<data_dir>/search/` from `<data_dir>/meta/`.
+/// The index's writer lock is taken before the store is opened, so this
+/// fails (with a lock error) instead of running beside a live server.
+pub fn reindex_data_dir(
+    data_dir: &Path,
+    io_backend: spindle_engine::io::BackendChoice,
+) -> Result<ReindexReport, SearchError> {
+    let (index, fields) = open_index(&index_dir(data_dir))?;
+    let writer = index.writer_with_num_threads(1, 64 * 1024 * 1024)?;
+    let meta_dir = data_dir.join("meta");
+    if !meta_dir.is_dir() {
+        return Err(SearchError::Dir {
+            path: meta_dir.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no metadata store here"),
+        });
+    }
+    let storage = spindle_engine::io::open_storage(&meta_dir, io_backend).map_err(|source| {
+        SearchError::Dir {
+            path: meta_dir.display().to_string(),
+            source,
+        }
+    })?;
+    let store = MetaStore::open(
+        storage,
+        spindle_engine::meta::MetaConfig::default(),
+        Arc::new(spindle_engine::clock::SystemClock),
+    )?;
+    reindex_with(&store, writer, fields)
 }
