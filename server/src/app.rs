@@ -53,6 +53,8 @@ pub enum OpenError {
     Meta(#[from] spindle_engine::meta::Error),
     #[error("tokens: {0}")]
     Tokens(#[from] crate::tokens::TokenError),
+    #[error("charts: {0}")]
+    Charts(#[from] crate::charts::ChartsError),
     #[error("discovery: {0}")]
     Discovery(#[from] crate::catalog::http::DiscoveryError),
 }
@@ -65,6 +67,8 @@ pub struct App {
     pub queue: Queue,
     pub tokens: Tokens,
     pub metrics: Metrics,
+    /// Plays and charts; its aggregator thread stops when this drops.
+    pub charts: Arc<crate::charts::Charts>,
     /// The L1 cache and the search index, each with its feed consumer.
     pub discovery: crate::catalog::http::Discovery,
     /// False until serving starts and again once shutdown begins.
@@ -103,6 +107,8 @@ impl App {
         let meta = MetaStore::open(meta_storage, MetaConfig::default(), Arc::new(SystemClock))?;
         let queue = Queue::new(&meta, TRANSCODE_QUEUE, QueueConfig::default())?;
         let (tokens, new_tokens) = Tokens::load_or_create(&meta, &config.tokens_path())?;
+        let charts_config = crate::charts::ChartsConfig::from_env(std::env::vars())?;
+        let charts = Arc::new(crate::charts::Charts::start(&meta, charts_config)?);
         let discovery = crate::catalog::http::Discovery::open(&meta, &config.data_dir)?;
         let app = App {
             config,
@@ -111,6 +117,7 @@ impl App {
             queue,
             tokens,
             metrics: Metrics::default(),
+            charts,
             discovery,
             ready: AtomicBool::new(false),
         };
@@ -167,6 +174,8 @@ impl App {
             ["v1", "tracks", _, "stream"] => (Route::TrackStream, "GET, HEAD"),
             ["v1", "admin", "stats"] => (Route::Admin, "GET, HEAD"),
             ["v1", "admin", "compact"] => (Route::Admin, "POST"),
+            ["v1", "plays"] => (Route::Plays, "POST"),
+            ["v1", "charts", "top"] => (Route::ChartsTop, "GET, HEAD"),
             // Counted as unmatched until metrics::Route has discovery routes.
             s if crate::catalog::http::is_discovery_path(s) => (Route::Unmatched, "GET, HEAD"),
             _ => {
@@ -187,6 +196,10 @@ impl App {
         let id = segments.get(2).copied().unwrap_or("").to_owned();
         let result = match (route, segments.get(2)) {
             (Route::TrackCreate, _) => crate::upload::create_track(self.clone(), req).await,
+            (Route::Plays, _) => {
+                let timeout = std::time::Duration::from_millis(self.config.body_read_timeout_ms);
+                crate::charts::http::post_plays(self.charts.clone(), timeout, req).await
+            }
             _ if crate::catalog::http::is_discovery_path(&segments) => match check_small_body(&req)
             {
                 Err(e) => Err(e),
@@ -204,6 +217,7 @@ impl App {
                     Route::TrackGet => self.get_track(&id),
                     Route::TrackDelete => self.delete_track(&id, req.headers()).await,
                     Route::TrackStream => self.stream_track(&id, req.uri().query()),
+                    Route::ChartsTop => crate::charts::http::get_top(&self.charts, req.uri().query()),
                     _ => Err(ApiError::Internal {
                         message: "route table and dispatch disagree".into(),
                     }),
@@ -564,6 +578,7 @@ impl App {
         for (name, help, value) in counters {
             metrics::counter(&mut out, name, help, value);
         }
+        self.charts.render_metrics(&mut out);
         self.discovery.render_metrics(&mut out);
         out
     }

@@ -17,6 +17,7 @@
 pub mod app;
 pub mod cache;
 pub mod catalog;
+pub mod charts;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -24,11 +24,13 @@ pub enum Route {
     TrackDelete,
     TrackStream,
     Admin,
+    Plays,
+    ChartsTop,
     Unmatched,
 }
 
 impl Route {
-    const ALL: [Route; 10] = [
+    const ALL: [Route; 12] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -38,6 +40,8 @@ impl Route {
         Route::TrackDelete,
         Route::TrackStream,
         Route::Admin,
+        Route::Plays,
+        Route::ChartsTop,
         Route::Unmatched,
     ];
 
@@ -53,6 +57,8 @@ impl Route {
             Route::TrackDelete => "DELETE /v1/tracks/{id}",
             Route::TrackStream => "/v1/tracks/{id}/stream",
             Route::Admin => "/v1/admin/*",
+            Route::Plays => "POST /v1/plays",
+            Route::ChartsTop => "GET /v1/charts/top",
             Route::Unmatched => "unmatched",
         }
     }
