@@ -29,6 +29,7 @@ use std::io;
 use std::str::FromStr;
 use std::sync::Arc;
 
+mod bufpool;
 pub mod checkpoint;
 mod index;
 mod maintenance;

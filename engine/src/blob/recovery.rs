@@ -191,6 +191,25 @@ fn apply_record(
     Ok(())
 }
 
+/// Whether every byte in `from..to` is zero: the mark of unsynced writes
+/// that were lost while a later one survived (file systems read unwritten
+/// ranges as zeros). Bit rot never turns a record into all zeros, so a
+/// zero gap is never mistaken for corruption of a synced record.
+fn all_zero(sc: &mut Scanner<'_>, from: u64, to: u64, segment: u64) -> Result<bool, Error> {
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(SCAN_WINDOW_BYTES as u64) as usize;
+        let w = sc
+            .window(at, n)
+            .map_err(|e| Error::io("recovery read", &segment_file_name(segment), e))?;
+        if w.iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        at += w.len().max(1) as u64;
+    }
+    Ok(true)
+}
+
 /// Looks for any valid record starting in `from..len`.
 fn find_valid_record(sc: &mut Scanner<'_>, from: u64, segment: u64) -> Result<Option<u64>, Error> {
     let mut scratch = State::empty();
@@ -296,7 +315,11 @@ pub(crate) fn recover(storage: &dyn Storage) -> Result<State, Error> {
         if !header_ok {
             // A segment whose creation was not yet durable holds nothing
             // acknowledged: remove it if nothing valid follows.
-            if is_last && id > position.segment && find_valid_record(&mut sc, 0, id)?.is_none() {
+            let lost = match find_valid_record(&mut sc, 0, id)? {
+                None => true,
+                Some(valid) => all_zero(&mut sc, 0, valid, id)?,
+            };
+            if is_last && id > position.segment && lost {
                 drop(sc);
                 drop(file);
                 storage
@@ -334,12 +357,20 @@ pub(crate) fn recover(storage: &dyn Storage) -> Result<State, Error> {
                         }
                         if let Some(from) = resume {
                             if let Some(valid) = find_valid_record(&mut sc, from, id)? {
-                                return Err(Error::corruption(
-                                    &name,
-                                    Some(id),
-                                    at,
-                                    format!("{reason}; a valid record follows at {valid}"),
-                                ));
+                                // A valid record after zeros: earlier
+                                // unsynced writes were lost and a later one
+                                // survived; nothing after `at` was ever
+                                // acknowledged (a sync would have kept the
+                                // lost writes too). Anything else is
+                                // corruption in the middle.
+                                if !all_zero(&mut sc, at, valid, id)? {
+                                    return Err(Error::corruption(
+                                        &name,
+                                        Some(id),
+                                        at,
+                                        format!("{reason}; a valid record follows at {valid}"),
+                                    ));
+                                }
                             }
                         }
                         tracing::info!(segment = id, offset = at, %reason, "truncating torn tail");
@@ -359,7 +390,7 @@ pub(crate) fn recover(storage: &dyn Storage) -> Result<State, Error> {
             id,
             Segment {
                 file,
-                name,
+                name: name.into(),
                 len: end,
                 live_bytes: 0,
                 map: None,
