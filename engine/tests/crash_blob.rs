@@ -9,6 +9,10 @@
     clippy::expect_used,
     reason = "test and bench helpers outside #[test] fns: a failed unwrap is a failed run"
 )]
+#![allow(
+    clippy::manual_is_multiple_of,
+    reason = "u64::is_multiple_of is newer than the workspace's rust-version 1.85"
+)]
 
 use std::collections::BTreeMap;
 use std::io::Read;
