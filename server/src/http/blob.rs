@@ -15,10 +15,10 @@
 //! - 412 and 416 are JSON error bodies from [`ApiError`]; 416 carries
 //!   `Content-Range: bytes */LEN`.
 //!
-//! Reading: a response whose bytes fit in one chunk (at most
-//! [`INLINE_READ_MAX_BYTES`]) is read inline, the engine handing back a
-//! `Bytes` that the body passes on uncopied (page-cache-hot small reads
-//! cost less than a thread hop). Anything larger streams from a blocking
+//! Reading: a response of at most [`INLINE_READ_MAX_BYTES`] is read inline
+//! through the process-wide window cache ([`super::cache`]): slices of hot
+//! windows that the body passes on uncopied (memory-hot small reads cost
+//! less than a thread hop, and a hit costs no syscall at all). Anything larger streams from a blocking
 //! task, chunk by chunk, through the bounded channel of [`Body::channel`]:
 //! at most [`super::body::STREAM_CHANNEL_CAPACITY`] chunks are in flight per
 //! response, and when the client goes away the next send fails and the task
@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::http::header::{self, HeaderMap, HeaderValue};
 use ::http::{Method, Response, StatusCode};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use spindle_engine::blob::{self as engine_blob, BlobId, BlobStore};
 
 use super::body::{Body, BodySender};
@@ -112,7 +112,13 @@ fn serve(
             let body = if method == Method::HEAD {
                 Body::empty()
             } else {
-                read_body(store, id, &[Segment::Data(0..length_bytes)], length_bytes)?
+                read_body(
+                    store,
+                    id,
+                    length_bytes,
+                    &[Segment::Data(0..length_bytes)],
+                    length_bytes,
+                )?
             };
             let mut r = Response::new(body);
             let h = r.headers_mut();
@@ -123,7 +129,13 @@ fn serve(
         }
         Plan::Partial(range) => {
             let part_bytes = range.end - range.start;
-            let body = read_body(store, id, &[Segment::Data(range.clone())], part_bytes)?;
+            let body = read_body(
+                store,
+                id,
+                length_bytes,
+                &[Segment::Data(range.clone())],
+                part_bytes,
+            )?;
             let mut r = Response::new(body);
             *r.status_mut() = StatusCode::PARTIAL_CONTENT;
             let h = r.headers_mut();
@@ -135,7 +147,7 @@ fn serve(
         }
         Plan::Multipart(ranges) => {
             let (segments, total_bytes) = multipart_segments(ranges, media_type, length_bytes);
-            let body = read_body(store, id, &segments, total_bytes)?;
+            let body = read_body(store, id, length_bytes, &segments, total_bytes)?;
             let mut r = Response::new(body);
             *r.status_mut() = StatusCode::PARTIAL_CONTENT;
             let h = r.headers_mut();
@@ -172,71 +184,43 @@ enum Segment {
 fn read_body(
     store: &BlobStore,
     id: BlobId,
+    length_bytes: u64,
     segments: &[Segment],
     total_bytes: u64,
 ) -> Result<Body, ApiError> {
     if total_bytes == 0 {
         return Ok(Body::empty());
     }
-    if total_bytes <= inline_max_bytes(store) {
-        if let [Segment::Data(r)] = segments {
-            // Chunk by chunk, so a range spanning two chunks is sent as two
-            // buffers instead of being copied into one.
-            let mut reader = store.read_range(&id, r.clone()).map_err(read_error)?;
-            let first = match reader.next() {
-                Some(piece) => piece.map_err(read_error)?,
-                None => Bytes::new(),
-            };
-            if reader.remaining_bytes() == 0 {
-                assert_eq!(first.len() as u64, total_bytes, "engine read length");
-                return Ok(Body::full(first));
-            }
-            let mut pieces = Vec::with_capacity(3);
-            pieces.push(first);
-            for piece in reader {
-                pieces.push(piece.map_err(read_error)?);
-            }
-            let body = Body::pieces(pieces);
-            assert_eq!(
-                http_body::Body::size_hint(&body).exact(),
-                Some(total_bytes),
-                "engine read length"
-            );
-            return Ok(body);
-        }
-        // Multipart: gather the parts into one buffer (a copy, but only of a
-        // small response on a rare path).
-        let mut out = BytesMut::with_capacity(total_bytes as usize);
+    if total_bytes <= INLINE_READ_MAX_BYTES {
+        // Small responses come from the window cache: slices of hot
+        // windows, sent as they are (several buffers rather than a copy).
+        let cache = super::cache::global();
+        let mut pieces: Vec<Bytes> = Vec::new();
         for segment in segments {
             match segment {
-                Segment::Literal(b) => out.extend_from_slice(b),
-                Segment::Data(r) => out.extend_from_slice(
-                    &store
-                        .read(&id, r.start, r.end - r.start)
-                        .map_err(read_error)?,
-                ),
+                Segment::Literal(b) => pieces.push(b.clone()),
+                Segment::Data(r) => cache
+                    .read(store, &id, r.clone(), length_bytes, &mut pieces)
+                    .map_err(read_error)?,
             }
         }
-        assert_eq!(out.len() as u64, total_bytes, "multipart length");
-        return Ok(Body::full(out.freeze()));
+        let body = if pieces.len() == 1 {
+            Body::full(pieces.swap_remove(0))
+        } else {
+            Body::pieces(pieces)
+        };
+        assert_eq!(
+            http_body::Body::size_hint(&body).exact(),
+            Some(total_bytes),
+            "response length"
+        );
+        return Ok(body);
     }
     let (tx, body) = Body::channel(total_bytes);
     let store = store.clone();
     let segments = segments.to_vec();
     tokio::task::spawn_blocking(move || produce(&store, id, &segments, &tx));
     Ok(body)
-}
-
-/// Largest response read inline: one chunk, within the engine's `read` cap
-/// and [`INLINE_READ_MAX_BYTES`].
-fn inline_max_bytes(store: &BlobStore) -> u64 {
-    let config = store.config();
-    let chunk = u64::from(config.chunk_size_bytes);
-    let read_cap = match config.read_len_max_bytes {
-        0 => 2 * chunk,
-        n => n,
-    };
-    chunk.min(read_cap).min(INLINE_READ_MAX_BYTES)
 }
 
 /// Feed `segments` into `tx`, chunk by chunk; stop at the first failed send
@@ -479,8 +463,8 @@ mod tests {
     async fn serves_full_partial_streamed_and_conditional() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
-        // Larger than the inline limit of one chunk: streams.
-        let blob = data(5 * CHUNK as usize + 123);
+        // Larger than the inline limit: streams.
+        let blob = data(INLINE_READ_MAX_BYTES as usize + 5 * CHUNK as usize + 123);
         let id = store.put(&blob).unwrap().id.to_string();
         let etag = format!("\"{id}\"");
 
@@ -538,7 +522,7 @@ mod tests {
         assert!(!h.contains_key(header::CONTENT_TYPE));
         assert_eq!(s(&h, header::ETAG), Some(&*etag));
 
-        let (st, h, _) = get(&store, &id, Method::GET, &[("range", "bytes=999999-")]).await;
+        let (st, h, _) = get(&store, &id, Method::GET, &[("range", "bytes=99999999-")]).await;
         assert_eq!(st, StatusCode::RANGE_NOT_SATISFIABLE);
         assert_eq!(
             s(&h, header::CONTENT_RANGE),
@@ -556,9 +540,9 @@ mod tests {
     async fn multipart_small_and_streamed_agree() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
-        let blob = data(3 * CHUNK as usize);
+        let blob = data(INLINE_READ_MAX_BYTES as usize + 3 * CHUNK as usize);
         let id = store.put(&blob).unwrap().id.to_string();
-        for range in ["bytes=0-9,20-29", "bytes=0-9,-3000"] {
+        for range in ["bytes=0-9,20-29", "bytes=0-9,-3000", "bytes=0-9,-1050000"] {
             let (st, h, body) = get(&store, &id, Method::GET, &[("range", range)]).await;
             assert_eq!(st, StatusCode::PARTIAL_CONTENT);
             let ct = s(&h, header::CONTENT_TYPE).unwrap();
@@ -569,10 +553,9 @@ mod tests {
                 s(&h, header::CONTENT_LENGTH),
                 Some(&*body.len().to_string())
             );
-            let (r2_start, r2_end) = if range.ends_with("-3000") {
-                (blob.len() - 3000, blob.len())
-            } else {
-                (20, 30)
+            let (r2_start, r2_end) = match range.rsplit_once(",-") {
+                Some((_, n)) => (blob.len() - n.parse::<usize>().unwrap(), blob.len()),
+                None => (20, 30),
             };
             let mut want = Vec::new();
             want.extend_from_slice(

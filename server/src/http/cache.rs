@@ -1,0 +1,208 @@
+//! A bounded cache of hot blob windows, so the small and mid-sized ranges
+//! that players and CDNs ask for again and again are served from memory as
+//! `Bytes` slices: no read syscall, no copy, no checksum pass per request.
+//!
+//! A blob is cut into aligned windows of [`WINDOW_BYTES`]; a window is read
+//! whole through [`BlobStore::read`] (which verifies its checksums) the
+//! first time it is needed and kept until evicted, first in first out, once
+//! the cache holds more than its capacity.
+//!
+//! **Invariants:** blobs are immutable and named by their content, so a
+//! cached window can never be stale: the same id means the same bytes in any
+//! store, and the cache is shared by the whole process. It never decides
+//! whether a blob exists: callers `stat` the blob in their store first, so a
+//! deleted blob is answered 404 even while its windows are still cached. The
+//! cached bytes are bounded by the capacity plus one window.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::sync::{Mutex, OnceLock};
+
+use bytes::Bytes;
+use spindle_engine::blob::{BlobId, BlobStore, Error};
+
+/// Size of a cached window (the last window of a blob may be shorter).
+pub const WINDOW_BYTES: u64 = 64 * 1024;
+
+/// Bytes the process-wide cache keeps.
+pub const CAPACITY_BYTES: u64 = 64 << 20;
+
+/// The process-wide cache used by blob serving.
+pub fn global() -> &'static WindowCache {
+    static CACHE: OnceLock<WindowCache> = OnceLock::new();
+    CACHE.get_or_init(|| WindowCache::new(CAPACITY_BYTES))
+}
+
+/// Hot windows of blobs, keyed by (blob id, window index).
+#[derive(Debug)]
+pub struct WindowCache {
+    inner: Mutex<Inner>,
+    capacity_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    windows: HashMap<(BlobId, u64), Bytes>,
+    /// Insertion order, for eviction; holds each key of `windows` once.
+    order: VecDeque<(BlobId, u64)>,
+    cached_bytes: u64,
+}
+
+impl WindowCache {
+    /// An empty cache keeping at most about `capacity_bytes`.
+    pub fn new(capacity_bytes: u64) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            capacity_bytes,
+        }
+    }
+
+    /// Bytes currently cached.
+    pub fn cached_bytes(&self) -> u64 {
+        self.lock().cached_bytes
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave `Inner` inconsistent
+        // in a way that matters (at worst the byte count is off), so a
+        // poisoned lock is taken over.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The bytes `range` of blob `id` (whose length is `length_bytes`), as
+    /// one slice per window it touches, each pushed onto `out` in order.
+    /// `range` must be non-empty and within the blob.
+    pub fn read(
+        &self,
+        store: &BlobStore,
+        id: &BlobId,
+        range: Range<u64>,
+        length_bytes: u64,
+        out: &mut Vec<Bytes>,
+    ) -> Result<(), Error> {
+        assert!(
+            range.start < range.end && range.end <= length_bytes,
+            "range {range:?} of a {length_bytes}-byte blob"
+        );
+        let first = range.start / WINDOW_BYTES;
+        let last = (range.end - 1) / WINDOW_BYTES;
+        for index in first..=last {
+            let window_start = index * WINDOW_BYTES;
+            let window = self.window(store, id, index, length_bytes)?;
+            let from = range.start.max(window_start) - window_start;
+            let to = range.end.min(window_start + window.len() as u64) - window_start;
+            out.push(window.slice(from as usize..to as usize));
+        }
+        Ok(())
+    }
+
+    fn window(
+        &self,
+        store: &BlobStore,
+        id: &BlobId,
+        index: u64,
+        length_bytes: u64,
+    ) -> Result<Bytes, Error> {
+        let key = (*id, index);
+        if let Some(w) = self.lock().windows.get(&key) {
+            return Ok(w.clone());
+        }
+        // Read outside the lock; two readers of the same cold window may
+        // both read it, and the second insert is dropped.
+        let start = index * WINDOW_BYTES;
+        let len = WINDOW_BYTES.min(length_bytes - start);
+        let data = read_exact(store, id, start..start + len)?;
+        if data.len() as u64 != len {
+            return Err(Error::InvalidInput(format!(
+                "read of {len} bytes at {start} returned {}",
+                data.len()
+            )));
+        }
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if let std::collections::hash_map::Entry::Vacant(slot) = inner.windows.entry(key) {
+            slot.insert(data.clone());
+            inner.order.push_back(key);
+            inner.cached_bytes += len;
+            while inner.cached_bytes > self.capacity_bytes {
+                let Some(old) = inner.order.pop_front() else {
+                    break;
+                };
+                if let Some(w) = inner.windows.remove(&old) {
+                    inner.cached_bytes -= w.len() as u64;
+                }
+            }
+        }
+        Ok(data)
+    }
+}
+
+/// `range` of a blob as one `Bytes`: the engine's own buffer when the range
+/// lies in one chunk (the usual case: chunks are multiples of windows),
+/// else the pieces copied together (once, on a miss).
+fn read_exact(store: &BlobStore, id: &BlobId, range: Range<u64>) -> Result<Bytes, Error> {
+    let mut reader = store.read_range(id, range.clone())?;
+    let first = match reader.next() {
+        Some(piece) => piece?,
+        None => return Ok(Bytes::new()),
+    };
+    if reader.remaining_bytes() == 0 {
+        return Ok(first);
+    }
+    let mut out = bytes::BytesMut::with_capacity((range.end - range.start) as usize);
+    out.extend_from_slice(&first);
+    for piece in reader {
+        out.extend_from_slice(&piece?);
+    }
+    Ok(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spindle_engine::blob::BlobConfig;
+
+    fn store(dir: &std::path::Path) -> BlobStore {
+        let storage =
+            spindle_engine::io::open_storage(dir, spindle_engine::io::BackendChoice::Portable)
+                .unwrap();
+        let config = BlobConfig {
+            // Smaller than a window, so windows span chunks.
+            chunk_size_bytes: 16 * 1000,
+            ..BlobConfig::default()
+        };
+        BlobStore::open(storage, config).unwrap()
+    }
+
+    #[test]
+    fn reads_match_the_store_and_stay_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let len = 5 * WINDOW_BYTES as usize + 777;
+        let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        let id = store.put(&data).unwrap().id;
+        let cache = WindowCache::new(2 * WINDOW_BYTES);
+        let w = WINDOW_BYTES;
+        let ranges = [
+            0..1,
+            0..w,
+            w - 1..w + 1,
+            10..3 * w + 5,
+            5 * w..len as u64,
+            len as u64 - 1..len as u64,
+            0..len as u64,
+            10..20,
+        ];
+        for r in ranges {
+            let mut pieces = Vec::new();
+            cache
+                .read(&store, &id, r.clone(), len as u64, &mut pieces)
+                .unwrap();
+            let got: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+            assert_eq!(got, &data[r.start as usize..r.end as usize], "{r:?}");
+            assert!(pieces.iter().all(|p| !p.is_empty()), "{r:?}");
+            assert!(cache.cached_bytes() <= 2 * WINDOW_BYTES, "{r:?}");
+        }
+        assert!(cache.cached_bytes() > 0);
+    }
+}
