@@ -66,6 +66,12 @@ pub const SEARCH_LIMIT_MAX: usize = 100;
 /// seconds have passed.
 const IDLE_COMMIT_LSNS: u64 = 10_000;
 const IDLE_COMMIT_SECS: u64 = 60;
+/// Commit interval multiplier while a backlog drains.
+const BACKLOG_COMMIT_FACTOR: u64 = 10;
+/// When caught up, an index of more segments than this is merged into one,
+/// at most every this many seconds.
+const IDLE_MERGE_SEGMENTS_MIN: usize = 4;
+const IDLE_MERGE_EVERY_SECS: u64 = 5;
 /// tantivy's floor on writer memory (15 MB; it refuses less).
 const WRITER_MEMORY_BYTES_MIN: usize = 15_000_000;
 /// Visibility lag histogram bounds, in milliseconds (`+Inf` implicit).
@@ -315,6 +321,11 @@ impl SearchIndex {
         *g = Some(popularity);
     }
 
+    /// Segments the reader searches (each costs every query a lookup).
+    pub fn segment_count(&self) -> usize {
+        self.reader.searcher().segment_readers().len()
+    }
+
     /// Everything committed to the feed up to this LSN is findable.
     pub fn indexed_lsn(&self) -> u64 {
         self.stats.indexed_lsn.load(Ordering::Acquire)
@@ -427,7 +438,7 @@ impl SearchIndex {
         }
     }
 
-    fn term_clause(&self, t: &analyze::QueryTerm) -> Box<dyn Query> {
+    fn term_clause(&self, t: &analyze::QueryTerm, fuzzy: bool) -> Box<dyn Query> {
         let f = &self.fields;
         let mut disjuncts: Vec<Box<dyn Query>> = Vec::new();
         for i in 0..3 {
@@ -443,7 +454,7 @@ impl SearchIndex {
                     PREFIX_SCORES[i],
                 )));
             }
-            if t.fuzzy_distance > 0 {
+            if fuzzy && t.fuzzy_distance > 0 {
                 disjuncts.push(Box::new(ConstScoreQuery::new(
                     Box::new(FuzzyTermQuery::new(exact, t.fuzzy_distance, true)),
                     FUZZY_SCORES[i],
@@ -453,19 +464,23 @@ impl SearchIndex {
         Box::new(DisjunctionMaxQuery::new(disjuncts))
     }
 
-    fn build_query(&self, q: &str, kind: Option<Kind>) -> Option<Box<dyn Query>> {
-        let words = analyze::query_words(q);
+    fn build_query(
+        &self,
+        words: &[analyze::QueryWord],
+        kind: Option<Kind>,
+        fuzzy: bool,
+    ) -> Option<Box<dyn Query>> {
         if words.is_empty() {
             return None;
         }
         let mut must: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        for word in &words {
+        for word in words {
             let alternatives: Vec<Box<dyn Query>> = word
                 .iter()
                 .map(|alt| {
                     let terms: Vec<(Occur, Box<dyn Query>)> = alt
                         .iter()
-                        .map(|t| (Occur::Must, self.term_clause(t)))
+                        .map(|t| (Occur::Must, self.term_clause(t, fuzzy)))
                         .collect();
                     // The mean, not the sum: "ac/dc" as one joined term and
                     // as two parts weighs the same.
@@ -500,7 +515,36 @@ impl SearchIndex {
         limit: usize,
     ) -> Result<SearchResults, SearchError> {
         let limit = limit.clamp(1, SEARCH_LIMIT_MAX);
-        let Some(query) = self.build_query(q, kind) else {
+        let words = analyze::query_words(q);
+        // Exact and prefix matches first: a typo match scores below any
+        // exact or prefix match of the same term, so when those already
+        // fill every list the (costlier) typo terms are skipped. A query of
+        // several words can in principle lose a hit that needed a typo
+        // match for one word while scoring above the last hit kept; the
+        // lists are full of better-or-equal matches of the other words then.
+        let first = self.run(&words, kind, limit, false)?;
+        let full = |r: &SearchResults| {
+            r.tracks.len() >= limit && r.artists.len() >= limit && r.albums.len() >= limit
+        };
+        let fuzzy_possible = words
+            .iter()
+            .flatten()
+            .flatten()
+            .any(|t| t.fuzzy_distance > 0);
+        if full(&first) || !fuzzy_possible {
+            return Ok(first);
+        }
+        self.run(&words, kind, limit, true)
+    }
+
+    fn run(
+        &self,
+        words: &[analyze::QueryWord],
+        kind: Option<Kind>,
+        limit: usize,
+        fuzzy: bool,
+    ) -> Result<SearchResults, SearchError> {
+        let Some(query) = self.build_query(words, kind, fuzzy) else {
             return Ok(SearchResults::default());
         };
         let searcher = self.reader.searcher();
@@ -774,6 +818,10 @@ struct Indexer {
     dirty: bool,
     committed_lsn: u64,
     last_commit: Instant,
+    /// Whether the last poll returned as many changes as it may: a backlog.
+    backlogged: bool,
+    last_merge: Instant,
+    last_reload: Instant,
 }
 
 impl Indexer {
@@ -800,6 +848,9 @@ impl Indexer {
             dirty: false,
             committed_lsn: 0,
             last_commit: Instant::now(),
+            backlogged: false,
+            last_merge: Instant::now(),
+            last_reload: Instant::now(),
         };
         match committed_lsn(&ix.index.index)? {
             Some(lsn) if lsn <= ix.store.head_lsn() => {
@@ -904,8 +955,17 @@ impl Indexer {
             if !(force || idle_due) {
                 return Ok(());
             }
-        } else if !force && since < Duration::from_millis(self.config.commit_interval_ms) {
-            return Ok(());
+        } else if !force {
+            // While a backlog drains, commit less often: every commit makes
+            // a segment, and segments cost every query.
+            let interval_ms = if self.backlogged {
+                self.config.commit_interval_ms * BACKLOG_COMMIT_FACTOR
+            } else {
+                self.config.commit_interval_ms
+            };
+            if since < Duration::from_millis(interval_ms) {
+                return Ok(());
+            }
         }
         self.docs.commit(position)?;
         self.index.reader.reload()?;
@@ -928,8 +988,12 @@ impl Indexer {
         let wait = Duration::from_millis(self.config.poll_wait_ms);
         match self.consumer.poll(self.config.changes_per_poll_max, wait) {
             Ok(changes) => {
+                self.backlogged = changes.len() >= self.config.changes_per_poll_max;
                 for c in &changes {
                     self.apply(c)?;
+                }
+                if changes.is_empty() {
+                    self.when_idle()?;
                 }
             }
             Err(spindle_engine::meta::Error::FeedTruncated {
@@ -946,6 +1010,27 @@ impl Indexer {
             Err(e) => return Err(e.into()),
         }
         self.maybe_commit(false)
+    }
+
+    /// Caught up: merge a fragmented index in the background (merges of
+    /// committed segments are published by tantivy itself) and pick up
+    /// finished merges.
+    fn when_idle(&mut self) -> Result<(), SearchError> {
+        if self.last_reload.elapsed() >= Duration::from_secs(1) {
+            self.index.reader.reload()?;
+            self.last_reload = Instant::now();
+        }
+        if self.dirty || self.last_merge.elapsed() < Duration::from_secs(IDLE_MERGE_EVERY_SECS) {
+            return Ok(());
+        }
+        self.last_merge = Instant::now();
+        let ids = self.index.index.searchable_segment_ids()?;
+        if ids.len() > IDLE_MERGE_SEGMENTS_MIN {
+            // The merge runs on tantivy's merge thread; its result is not
+            // awaited (a failed merge leaves the segments as they were).
+            drop(self.docs.writer.merge(&ids));
+        }
+        Ok(())
     }
 
     fn run(mut self, stop: Arc<AtomicBool>) {
