@@ -203,6 +203,10 @@ pub struct Worker {
     config: WorkerConfig,
     shared: Arc<Shared>,
     applied_lsn: u64,
+    /// The last change applied to the in-memory core: the feed position
+    /// once a poll's changes are all applied, the change being applied in
+    /// between (an early flush must not claim the rest of the poll).
+    memory_lsn: u64,
     own_lsns: VecDeque<u64>,
     foreign_since_checkpoint: bool,
     labels: HashMap<u128, Label>,
@@ -213,7 +217,7 @@ impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
             .field("applied_lsn", &self.applied_lsn)
-            .field("position", &self.feed.position())
+            .field("memory_lsn", &self.memory_lsn)
             .finish_non_exhaustive()
     }
 }
@@ -295,6 +299,7 @@ impl Worker {
             .store(core.track_count() as u64, Ordering::Relaxed);
         Ok(Worker {
             store: store.clone(),
+            memory_lsn: feed.position(),
             feed,
             core,
             config,
@@ -312,9 +317,9 @@ impl Worker {
         &self.core
     }
 
-    /// The feed position: the last change applied in memory.
+    /// The last change applied in memory.
     pub fn position(&self) -> u64 {
-        self.feed.position()
+        self.memory_lsn
     }
 
     /// The position the persisted state reflects.
@@ -340,6 +345,7 @@ impl Worker {
                     "charts: change feed truncated; plays in the gap are lost to the charts"
                 );
                 self.feed.reset_to(oldest_available_lsn.saturating_sub(1))?;
+                self.memory_lsn = self.feed.position();
                 return Ok(0);
             }
             Err(e) => return Err(e.into()),
@@ -374,10 +380,14 @@ impl Worker {
                     }
                 }
             }
+            self.memory_lsn = change.lsn;
             if self.core.dirty_len() >= self.config.flush_dirty_max {
                 self.flush()?;
             }
         }
+        // Changes the poll consumed silently (internal ones) follow the
+        // last returned change and carry no plays.
+        self.memory_lsn = self.feed.position();
         let s = self.core.stats();
         stats.events_applied.store(s.events, Ordering::Relaxed);
         stats.streams_counted.store(s.counted, Ordering::Relaxed);
@@ -402,7 +412,7 @@ impl Worker {
     pub fn flush(&mut self) -> Result<(), ChartsError> {
         let today = day_of(self.store.clock().now_ms());
         let floor_moved = self.core.prune(today);
-        let position = self.feed.position();
+        let position = self.memory_lsn;
         if self.core.dirty_len() > 0 || floor_moved {
             let mut dirty = Vec::with_capacity(self.core.dirty_len());
             self.core.drain_dirty(&mut dirty);
@@ -534,7 +544,7 @@ impl Worker {
         let snap = Snapshot::build(
             &self.core,
             now,
-            self.applied_lsn.max(self.feed.position()),
+            self.applied_lsn.max(self.memory_lsn),
             self.config.chart_size,
             &mut |track| {
                 labels
