@@ -522,6 +522,13 @@ impl SearchIndex {
         // several words can in principle lose a hit that needed a typo
         // match for one word while scoring above the last hit kept; the
         // lists are full of better-or-equal matches of the other words then.
+        if let [word] = words.as_slice() {
+            if let [alternative] = word.as_slice() {
+                if let [term] = alternative.as_slice() {
+                    return self.run_single_term(term, kind, limit);
+                }
+            }
+        }
         let first = self.run(&words, kind, limit, false)?;
         let full = |r: &SearchResults| {
             r.tracks.len() >= limit && r.artists.len() >= limit && r.albums.len() >= limit
@@ -560,6 +567,99 @@ impl SearchIndex {
             &query,
             &(top(TYPE_TRACK), top(TYPE_ARTIST), top(TYPE_ALBUM)),
         )?;
+        self.materialize(&searcher, [tracks, artists, albums], limit)
+    }
+
+    /// One word of one term: the tiers (exact title, exact artist, ...,
+    /// typo album) in score order, each one cheap term lookup, stopping as
+    /// soon as every list is full. A document's score is its best tier, so
+    /// this ranks exactly as the general query does, without scoring every
+    /// match of every tier (a short prefix can match much of the catalogue).
+    fn run_single_term(
+        &self,
+        t: &analyze::QueryTerm,
+        kind: Option<Kind>,
+        limit: usize,
+    ) -> Result<SearchResults, SearchError> {
+        let searcher = self.reader.searcher();
+        let want = limit * 2;
+        let f = &self.fields;
+        let mut tiers: Vec<(Box<dyn Query>, f32)> = Vec::new();
+        for i in 0..3 {
+            let exact = Term::from_field_text(f.exact[i], &t.text);
+            tiers.push((
+                Box::new(TermQuery::new(exact, IndexRecordOption::Basic)),
+                EXACT_SCORES[i],
+            ));
+        }
+        if t.prefix {
+            for i in 0..3 {
+                let p = Term::from_field_text(f.prefix[i], &t.text);
+                tiers.push((
+                    Box::new(TermQuery::new(p, IndexRecordOption::Basic)),
+                    PREFIX_SCORES[i],
+                ));
+            }
+        }
+        if t.fuzzy_distance > 0 {
+            for i in 0..3 {
+                let exact = Term::from_field_text(f.exact[i], &t.text);
+                tiers.push((
+                    Box::new(FuzzyTermQuery::new(exact, t.fuzzy_distance, true)),
+                    FUZZY_SCORES[i],
+                ));
+            }
+        }
+        let mut lists: [Vec<(f32, tantivy::DocAddress)>; 3] = Default::default();
+        let mut seen = std::collections::HashSet::new();
+        for (tier, score) in tiers {
+            if lists.iter().all(|l| l.len() >= want) {
+                break;
+            }
+            let mut must: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, tier)];
+            if let Some(kind) = kind {
+                let term = Term::from_field_text(f.kind, kind_str(kind));
+                must.push((
+                    Occur::Must,
+                    Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
+                ));
+            }
+            let query = BooleanQuery::new(must);
+            // Room for the documents higher tiers already took.
+            let top = |doc_type: u64, taken: usize| {
+                FilterCollector::new(
+                    "doc_type".to_owned(),
+                    move |t: u64| t == doc_type,
+                    TopDocs::with_limit(want + taken),
+                )
+            };
+            let found = searcher.search(
+                &query,
+                &(
+                    top(TYPE_TRACK, lists[0].len()),
+                    top(TYPE_ARTIST, lists[1].len()),
+                    top(TYPE_ALBUM, lists[2].len()),
+                ),
+            )?;
+            for (list, hits) in lists.iter_mut().zip([found.0, found.1, found.2]) {
+                for (_, addr) in hits {
+                    if list.len() < want && seen.insert(addr) {
+                        list.push((score, addr));
+                    }
+                }
+            }
+        }
+        self.materialize(&searcher, lists, limit)
+    }
+
+    /// Hits with their stored items, ordered by score, then popularity,
+    /// then id, `limit` of each kind.
+    fn materialize(
+        &self,
+        searcher: &tantivy::Searcher,
+        [tracks, artists, albums]: [Vec<(f32, tantivy::DocAddress)>; 3],
+        limit: usize,
+    ) -> Result<SearchResults, SearchError> {
         let popularity = self
             .popularity
             .read()
