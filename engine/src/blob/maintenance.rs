@@ -1,6 +1,6 @@
 //! Checkpoints, compaction and scrub: the background work of the store.
 //! All three are serialised by `Inner::maintenance`; the numbered protocols
-//! are in `engine/format/blob.md`.
+//! are in `engine/FORMAT.md` (part 1).
 //!
 //! Invariants:
 //! - A checkpoint is written only after the log prefix it describes is

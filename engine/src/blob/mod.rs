@@ -22,7 +22,7 @@
 //!   until it is reopened; reads keep working.
 //!
 //! The on-disk format and the commit, checkpoint, compaction and recovery
-//! protocols are specified in `engine/format/blob.md`.
+//! protocols are specified in `engine/FORMAT.md` (part 1).
 
 use std::fmt;
 use std::io;

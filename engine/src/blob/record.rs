@@ -1,6 +1,6 @@
 //! The segment record codec: the bytes of one self-describing record and of
 //! a segment file's header. Layout (format version 1, all integers little
-//! endian; `engine/format/blob.md` has the same tables):
+//! endian; `engine/FORMAT.md` (part 1) has the same tables):
 //!
 //! Record:
 //! ```text

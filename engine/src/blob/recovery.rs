@@ -1,6 +1,6 @@
 //! Opening a store: load the checkpoint, scan the records written after it,
 //! truncate a torn tail, and refuse (with `Corruption`) anything else that
-//! does not verify. The numbered protocol is in `engine/format/blob.md`.
+//! does not verify. The numbered protocol is in `engine/FORMAT.md` (part 1).
 //!
 //! Invariants:
 //! - Only the last segment may end in garbage (every other one was synced

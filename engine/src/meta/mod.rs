@@ -2,7 +2,7 @@
 //! through a checksummed write-ahead log with group commit, kept in memory,
 //! snapshotted so the log stays short, with a change feed over the log.
 //!
-//! Layout of the directory (see `engine/format/meta.md` for the bytes):
+//! Layout of the directory (see `engine/FORMAT.md` (part 2) for the bytes):
 //! - `meta-<base_lsn:020>.log`: log segments ([`wal`]); the newest is active.
 //! - `meta-<lsn:020>.snap`: the state as of `lsn` ([`snapshot`]).
 //!
