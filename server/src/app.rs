@@ -161,6 +161,11 @@ impl App {
             };
             return (Route::Blob, response);
         }
+        // The web player's embedded assets (`/`, `/assets/*`); counted as
+        // unmatched until the metrics have a route label of their own.
+        if let Some(response) = crate::web::serve(req.method(), path, req.headers()) {
+            return (Route::Unmatched, response);
+        }
         let segments: Vec<&str> = path.split('/').skip(1).collect();
         let (route, allow): (Route, &'static str) = match segments.as_slice() {
             ["healthz"] => (Route::Healthz, "GET, HEAD"),

@@ -29,3 +29,4 @@ pub mod tls;
 pub mod tokens;
 pub mod track;
 pub mod upload;
+pub mod web;
