@@ -231,3 +231,43 @@ fn unknown_routes_methods_and_bodies_get_json_errors() {
     );
     assert_eq!(server.request("GET", "/healthz", &[], b"").status, 200);
 }
+
+#[test]
+fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let server = Server::start_with(ServerOptions::default().arg("--max-connections").arg("2"));
+    // Two keep-alive connections hold both slots.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let r = spindle_tests::read_one_response(&mut s, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.status, 200);
+        held.push(s);
+    }
+    // A third is not served while they are open...
+    let mut third = TcpStream::connect(server.addr).unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = third.read(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "served beyond the connection limit: {early:?}"
+    );
+    // ...and is served as soon as one closes.
+    drop(held.pop());
+    let (raw, closed) = read_until_closed(&mut third, Duration::from_secs(10));
+    assert!(closed);
+    let mut all = byte.to_vec();
+    all.extend_from_slice(&raw);
+    let all = if early.is_ok() { all } else { raw };
+    let r = parse_response(&all, false).unwrap();
+    assert_eq!(r.status, 200);
+}
