@@ -73,6 +73,9 @@ pub struct App {
     pub discovery: crate::catalog::http::Discovery,
     /// False until serving starts and again once shutdown begins.
     pub ready: AtomicBool,
+    /// The in-process transcode pool (started by [`App::open`], stopped
+    /// when the app is dropped: in-flight jobs are cancelled and redelivered).
+    pub workers: crate::worker::Pool,
 }
 
 impl std::fmt::Debug for App {
@@ -110,6 +113,14 @@ impl App {
         let charts_config = crate::charts::ChartsConfig::from_env(std::env::vars())?;
         let charts = Arc::new(crate::charts::Charts::start(&meta, charts_config)?);
         let discovery = crate::catalog::http::Discovery::open(&meta, &config.data_dir)?;
+        let workers = crate::worker::Pool::start(
+            crate::worker::Deps {
+                blobs: blobs.clone(),
+                meta: meta.clone(),
+                queue: queue.clone(),
+            },
+            config.transcode.clone(),
+        );
         let app = App {
             config,
             blobs,
@@ -120,6 +131,7 @@ impl App {
             charts,
             discovery,
             ready: AtomicBool::new(false),
+            workers,
         };
         Ok((app, new_tokens))
     }
@@ -165,6 +177,10 @@ impl App {
         // unmatched until the metrics have a route label of their own.
         if let Some(response) = crate::web::serve(req.method(), path, req.headers()) {
             return (Route::Unmatched, response);
+        }
+        if crate::worker::remote::is_jobs_path(path) {
+            let response = crate::worker::remote::handle(self.clone(), req).await;
+            return (Route::Admin, response);
         }
         let segments: Vec<&str> = path.split('/').skip(1).collect();
         let (route, allow): (Route, &'static str) = match segments.as_slice() {
@@ -555,6 +571,52 @@ impl App {
         ];
         for (name, help, value) in gauges {
             metrics::gauge(&mut out, name, help, value);
+        }
+        let w = self.workers.stats();
+        let pool: [(&str, &str, f64); 3] = [
+            (
+                "spindle_transcode_pool_size",
+                "In-process transcode worker threads.",
+                w.size as f64,
+            ),
+            (
+                "spindle_transcode_pool_busy",
+                "Transcode worker threads running a job.",
+                w.busy as f64,
+            ),
+            (
+                "spindle_transcode_pool_max",
+                "Most in-process transcode worker threads.",
+                w.max as f64,
+            ),
+        ];
+        for (name, help, value) in pool {
+            metrics::gauge(&mut out, name, help, value);
+        }
+        let jobs: [(&str, &str, u64); 4] = [
+            (
+                "spindle_transcode_jobs_ready_total",
+                "Transcode jobs that made a track ready.",
+                w.jobs_ready,
+            ),
+            (
+                "spindle_transcode_jobs_failed_total",
+                "Transcode jobs that failed for good.",
+                w.jobs_failed,
+            ),
+            (
+                "spindle_transcode_jobs_retried_total",
+                "Transcode attempts nacked for a retry.",
+                w.jobs_retried,
+            ),
+            (
+                "spindle_transcode_panics_total",
+                "Transcode jobs that panicked at the pool boundary.",
+                w.panics,
+            ),
+        ];
+        for (name, help, value) in jobs {
+            metrics::counter(&mut out, name, help, value);
         }
         let counters: [(&str, &str, u64); 6] = [
             ("spindle_blob_puts_total", "Blobs stored.", b.puts),

@@ -59,6 +59,14 @@ pub struct ConfigLayer {
     pub shutdown_grace_ms: Option<u64>,
     pub io_backend: Option<String>,
     pub blob_segment_size_bytes_max: Option<u64>,
+    pub transcode_pool_min: Option<u32>,
+    pub transcode_pool_max: Option<u32>,
+    pub transcode_scale_up_depth_jobs: Option<u64>,
+    pub transcode_scale_up_age_ms: Option<u64>,
+    pub transcode_idle_ms: Option<u64>,
+    pub transcode_lease_ms: Option<u64>,
+    pub transcode_max_duration_ms: Option<u64>,
+    pub transcode_timeout_ms: Option<u64>,
 }
 
 macro_rules! over_fields {
@@ -87,7 +95,15 @@ impl ConfigLayer {
             max_header_bytes,
             shutdown_grace_ms,
             io_backend,
-            blob_segment_size_bytes_max
+            blob_segment_size_bytes_max,
+            transcode_pool_min,
+            transcode_pool_max,
+            transcode_scale_up_depth_jobs,
+            transcode_scale_up_age_ms,
+            transcode_idle_ms,
+            transcode_lease_ms,
+            transcode_max_duration_ms,
+            transcode_timeout_ms
         )
     }
 
@@ -152,6 +168,22 @@ impl ConfigLayer {
                 "BLOB_SEGMENT_SIZE_BYTES_MAX" => {
                     layer.blob_segment_size_bytes_max = Some(num(&value).map_err(bad)?)
                 }
+                "TRANSCODE_POOL_MIN" => layer.transcode_pool_min = Some(num(&value).map_err(bad)?),
+                "TRANSCODE_POOL_MAX" => layer.transcode_pool_max = Some(num(&value).map_err(bad)?),
+                "TRANSCODE_SCALE_UP_DEPTH_JOBS" => {
+                    layer.transcode_scale_up_depth_jobs = Some(num(&value).map_err(bad)?)
+                }
+                "TRANSCODE_SCALE_UP_AGE_MS" => {
+                    layer.transcode_scale_up_age_ms = Some(num(&value).map_err(bad)?)
+                }
+                "TRANSCODE_IDLE_MS" => layer.transcode_idle_ms = Some(num(&value).map_err(bad)?),
+                "TRANSCODE_LEASE_MS" => layer.transcode_lease_ms = Some(num(&value).map_err(bad)?),
+                "TRANSCODE_MAX_DURATION_MS" => {
+                    layer.transcode_max_duration_ms = Some(num(&value).map_err(bad)?)
+                }
+                "TRANSCODE_TIMEOUT_MS" => {
+                    layer.transcode_timeout_ms = Some(num(&value).map_err(bad)?)
+                }
                 _ => {}
             }
         }
@@ -200,6 +232,10 @@ pub struct ServeConfig {
     /// A blob segment file is sealed at this size; only sealed segments are
     /// compacted, so tests set it small to see garbage reclaimed.
     pub blob_segment_size_bytes_max: u64,
+    /// The in-process transcode pool and per-job bounds (`transcode_*`
+    /// settings; `transcode_pool_max = 0` leaves transcoding to remote
+    /// `spindle worker`s).
+    pub transcode: crate::worker::WorkerConfig,
 }
 
 /// Default listen address.
@@ -255,6 +291,23 @@ impl ServeConfig {
             blob_segment_size_bytes_max: layer
                 .blob_segment_size_bytes_max
                 .unwrap_or(DEFAULT_BLOB_SEGMENT_SIZE_BYTES_MAX),
+            transcode: {
+                let d = crate::worker::WorkerConfig::default();
+                let pool_max = layer.transcode_pool_max.unwrap_or(worker_threads.min(4));
+                crate::worker::WorkerConfig {
+                    pool_min: layer.transcode_pool_min.unwrap_or(d.pool_min).min(pool_max),
+                    pool_max,
+                    scale_up_depth_jobs: layer
+                        .transcode_scale_up_depth_jobs
+                        .unwrap_or(d.scale_up_depth_jobs),
+                    scale_up_age_ms: layer.transcode_scale_up_age_ms.unwrap_or(d.scale_up_age_ms),
+                    idle_ms: layer.transcode_idle_ms.unwrap_or(d.idle_ms),
+                    lease_ms: layer.transcode_lease_ms.unwrap_or(d.lease_ms),
+                    max_duration_ms: layer.transcode_max_duration_ms.unwrap_or(d.max_duration_ms),
+                    timeout_ms: layer.transcode_timeout_ms.unwrap_or(d.timeout_ms),
+                    ..d
+                }
+            },
         };
         config.validate()?;
         Ok(config)
@@ -293,6 +346,12 @@ impl ServeConfig {
         }
         if self.worker_threads > 1024 {
             return invalid("worker_threads", "at most 1024");
+        }
+        if self.transcode.pool_max > 256 {
+            return invalid("transcode_pool_max", "at most 256");
+        }
+        if self.transcode.lease_ms < 100 {
+            return invalid("transcode_lease_ms", "must be at least 100 ms");
         }
         Ok(())
     }

@@ -30,3 +30,4 @@ pub mod tokens;
 pub mod track;
 pub mod upload;
 pub mod web;
+pub mod worker;

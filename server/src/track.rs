@@ -116,7 +116,7 @@ impl TrackFields {
 }
 
 /// A track as stored in `tracks`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Track {
     pub id: String,
     pub status: Status,
@@ -133,6 +133,69 @@ pub struct Track {
     pub failure_reason: Option<String>,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// What the transcoder learned (duration, tags, cover, loudness); all
+    /// absent until it has run, and in records written before it existed.
+    #[serde(flatten, default)]
+    pub media: MediaInfo,
+}
+
+/// The transcoder's findings about a track, flattened into its record
+/// (`duration_ms`, `channels`, ... sit beside `status`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MediaInfo {
+    /// From the decoded sample count, not the header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Channels of the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u16>,
+    /// Sample rate of the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_rate_hz: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<TrackTags>,
+    /// The cover art blob (front cover preferred).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cover: Option<BlobRefJson>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loudness: Option<LoudnessJson>,
+}
+
+/// Tags as read from the file (before upload fields override them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackTags {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artists: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub album: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub album_artist: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub genres: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_number: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_total: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disc_number: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disc_total: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub year: Option<u16>,
+}
+
+/// Loudness for players to apply (Spotify-style normalisation to -14 LUFS).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoudnessJson {
+    /// EBU R128 integrated loudness; absent for silence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrated_lufs: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub true_peak_dbtp: Option<f64>,
+    /// Gain to reach -14 LUFS without clipping.
+    pub gain_db: f64,
 }
 
 impl Track {
@@ -149,6 +212,7 @@ impl Track {
     pub fn blob_ids(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.raw.blob_id.as_str())
             .chain(self.tiers.values().map(|t| t.blob_id.as_str()))
+            .chain(self.media.cover.iter().map(|c| c.blob_id.as_str()))
     }
 
     /// The JSON the API answers with: the record plus `urls`.
@@ -216,6 +280,7 @@ mod tests {
             failure_reason: None,
             created_ms: 1,
             updated_ms: 1,
+            media: MediaInfo::default(),
         }
     }
 

@@ -13,6 +13,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use spindle_server::config::{config_path_from_env, ConfigLayer, ServeConfig};
 
+mod worker;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "spindle",
@@ -30,6 +32,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Rebuild the search index from the metadata store (server stopped).
     Reindex(ReindexArgs),
+    /// Transcode jobs of a remote server (`--server URL --token ADMIN_TOKEN`).
+    Worker(worker::WorkerArgs),
 }
 
 /// Flags of `spindle reindex`.
@@ -115,6 +119,31 @@ struct ServeArgs {
     /// [default: 1073741824].
     #[arg(long, value_name = "BYTES")]
     blob_segment_size_bytes_max: Option<u64>,
+    /// Transcode threads kept when idle [default: 1].
+    #[arg(long, value_name = "N")]
+    transcode_pool_min: Option<u32>,
+    /// Most transcode threads; 0 leaves transcoding to `spindle worker`s
+    /// [default: min(worker threads, 4)].
+    #[arg(long, value_name = "N")]
+    transcode_pool_max: Option<u32>,
+    /// Grow the pool when this many jobs wait and all threads are busy [default: 2].
+    #[arg(long, value_name = "N")]
+    transcode_scale_up_depth_jobs: Option<u64>,
+    /// Grow the pool when the oldest job has waited this long [default: 5000].
+    #[arg(long, value_name = "MS")]
+    transcode_scale_up_age_ms: Option<u64>,
+    /// An extra transcode thread idle this long exits [default: 30000].
+    #[arg(long, value_name = "MS")]
+    transcode_idle_ms: Option<u64>,
+    /// Job lease, extended every third of it while a job runs [default: 30000].
+    #[arg(long, value_name = "MS")]
+    transcode_lease_ms: Option<u64>,
+    /// Longest audio accepted [default: 21600000, 6 h].
+    #[arg(long, value_name = "MS")]
+    transcode_max_duration_ms: Option<u64>,
+    /// Wall-clock bound of one transcode attempt [default: 7200000].
+    #[arg(long, value_name = "MS")]
+    transcode_timeout_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -135,6 +164,14 @@ impl ServeArgs {
             shutdown_grace_ms: self.shutdown_grace_ms,
             io_backend: self.io_backend.clone(),
             blob_segment_size_bytes_max: self.blob_segment_size_bytes_max,
+            transcode_pool_min: self.transcode_pool_min,
+            transcode_pool_max: self.transcode_pool_max,
+            transcode_scale_up_depth_jobs: self.transcode_scale_up_depth_jobs,
+            transcode_scale_up_age_ms: self.transcode_scale_up_age_ms,
+            transcode_idle_ms: self.transcode_idle_ms,
+            transcode_lease_ms: self.transcode_lease_ms,
+            transcode_max_duration_ms: self.transcode_max_duration_ms,
+            transcode_timeout_ms: self.transcode_timeout_ms,
         }
     }
 }
@@ -165,5 +202,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(*args),
         Command::Reindex(args) => reindex(args),
+        Command::Worker(args) => worker::run(args),
     }
 }
