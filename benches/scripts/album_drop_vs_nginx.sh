@@ -64,6 +64,9 @@ TRACK_PATH=$LOCATION
 mkdir -p "$WORK/www$(dirname "$TRACK_PATH")"
 curl -sS "$SPINDLE_URL$TRACK_PATH" >"$WORK/www$TRACK_PATH"
 BYTES=$(wc -c <"$WORK/www$TRACK_PATH")
+# nginx's worker runs as an unprivileged user: let it read the JSON.
+chmod 755 "$WORK"
+chmod -R a+rX "$WORK/www"
 
 NGINX_PORT=$((20000 + RANDOM % 20000))
 mkdir -p "$WORK/nginx/logs"
