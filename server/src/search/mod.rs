@@ -585,28 +585,25 @@ impl SearchIndex {
         let want = limit * 2;
         let f = &self.fields;
         let mut tiers: Vec<(Box<dyn Query>, f32)> = Vec::new();
-        for i in 0..3 {
-            let exact = Term::from_field_text(f.exact[i], &t.text);
+        for (field, score) in f.exact.into_iter().zip(EXACT_SCORES) {
+            let exact = Term::from_field_text(field, &t.text);
             tiers.push((
                 Box::new(TermQuery::new(exact, IndexRecordOption::Basic)),
-                EXACT_SCORES[i],
+                score,
             ));
         }
         if t.prefix {
-            for i in 0..3 {
-                let p = Term::from_field_text(f.prefix[i], &t.text);
-                tiers.push((
-                    Box::new(TermQuery::new(p, IndexRecordOption::Basic)),
-                    PREFIX_SCORES[i],
-                ));
+            for (field, score) in f.prefix.into_iter().zip(PREFIX_SCORES) {
+                let p = Term::from_field_text(field, &t.text);
+                tiers.push((Box::new(TermQuery::new(p, IndexRecordOption::Basic)), score));
             }
         }
         if t.fuzzy_distance > 0 {
-            for i in 0..3 {
-                let exact = Term::from_field_text(f.exact[i], &t.text);
+            for (field, score) in f.exact.into_iter().zip(FUZZY_SCORES) {
+                let exact = Term::from_field_text(field, &t.text);
                 tiers.push((
                     Box::new(FuzzyTermQuery::new(exact, t.fuzzy_distance, true)),
-                    FUZZY_SCORES[i],
+                    score,
                 ));
             }
         }
