@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use spindle_server::config::{config_path_from_env, ConfigLayer, ServeConfig};
 
+mod upload;
 mod worker;
 
 #[derive(Debug, Parser)]
@@ -30,6 +31,8 @@ struct Cli {
 enum Command {
     /// Run the HTTP origin: uploads, streaming, metrics.
     Serve(Box<ServeArgs>),
+    /// Upload audio files or folders to a running server.
+    Upload(upload::UploadArgs),
     /// Rebuild the search index from the metadata store (server stopped).
     Reindex(ReindexArgs),
     /// Transcode jobs of a remote server (`--server URL --token ADMIN_TOKEN`).
@@ -201,6 +204,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve(*args),
+        Command::Upload(args) => upload::run(args),
         Command::Reindex(args) => reindex(args),
         Command::Worker(args) => worker::run(args),
     }
