@@ -207,7 +207,7 @@ const player = {
   updateButton() {
     const b = $("#play-toggle");
     const playing = !this.audio.paused;
-    b.textContent = playing ? "\u23F8" : "\u25B6";
+    b.textContent = playing ? "\u275A\u275A" : "\u25B6";
     b.setAttribute("aria-label", playing ? "Pause" : "Play");
     b.disabled = !this.track;
   },
