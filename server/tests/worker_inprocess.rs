@@ -326,7 +326,7 @@ fn crashed_attempt(d: &Deps, track_id: &str, raw: &[u8]) -> Vec<BlobId> {
     }
     // A fourth write torn mid-way: its chunks are garbage, never a blob.
     let mut torn = d.blobs.writer();
-    torn.write(&vec![7u8; 100_000]).unwrap();
+    torn.write(&[7u8; 100_000]).unwrap();
     drop(torn);
     ids
 }

@@ -178,7 +178,10 @@ fn run_one(
     config: &WorkerConfig,
     temp: &Path,
 ) -> anyhow::Result<String> {
-    let q = format!("token={}&lease_ms={}", lease.token, config.lease_ms);
+    let q = format!(
+        "token={}&track={}&lease_ms={}",
+        lease.token, lease.track_id, config.lease_ms
+    );
     let cancel = Arc::new(AtomicBool::new(false));
     let beat = {
         let client = client.clone();

@@ -124,11 +124,13 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, 
     }
     let path = req.uri().path().to_owned();
     let mut token = None;
+    let mut track = None;
     let mut worker = String::from("remote");
     let mut lease_ms = app.config.transcode.lease_ms;
     for (k, v) in form_pairs(req.uri().query().unwrap_or("")) {
         match k.as_str() {
             "token" => token = v.parse::<u64>().ok(),
+            "track" => track = crate::track::is_track_id(&v).then_some(v),
             "worker" => worker = v.chars().take(128).collect(),
             "lease_ms" => {
                 lease_ms = v
@@ -160,6 +162,9 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, 
         ["v1", "jobs", id, action] => {
             let job_id: JobId = id.parse().map_err(|_| ApiError::NotFound { what: "job" })?;
             let token = token.ok_or_else(|| ApiError::bad_request("token is required"))?;
+            // The job's track (from the lease answer): a lease extension
+            // answers no payload, and only admins reach these routes.
+            let track = track.unwrap_or_default();
             let lease = Lease {
                 job_id,
                 worker_id: String::new(),
@@ -179,12 +184,12 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, 
                         &serde_json::json!({ "expires_ms": l.expires_ms }),
                     ))
                 }
-                "blobs" => upload_blob(&app, d, lease, lease_ms, req).await,
+                "blobs" => upload_blob(&app, d, lease, track, lease_ms, req).await,
                 "complete" | "fail" => {
                     let body = small_body(req).await?;
                     let action = action.to_string();
                     let done = tokio::task::spawn_blocking(move || {
-                        finish(&d, &lease, lease_ms, &action, &body)
+                        finish(&d, &lease, &track, lease_ms, &action, &body)
                     })
                     .await
                     .map_err(join_error)??;
@@ -260,14 +265,13 @@ async fn small_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
 fn finish(
     d: &Deps,
     lease: &Lease,
+    track_id: &str,
     lease_ms: u64,
     action: &str,
     body: &[u8],
 ) -> Result<&'static str, ApiError> {
     // The extend proves the lease and yields the job's payload.
     let held = d.queue.extend(lease, lease_ms).map_err(meta_error)?;
-    let job: TranscodeJob = serde_json::from_slice(&held.payload)
-        .map_err(|e| ApiError::bad_request(format!("job payload: {e}")))?;
     let finish = if action == "complete" {
         let c: Completion = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("completion: {e}")))?;
@@ -286,7 +290,7 @@ fn finish(
         };
         Finish::Failed { reason }
     };
-    match complete::commit(d, &held, &job.track_id, &finish).map_err(worker_error)? {
+    match complete::commit(d, &held, track_id, &finish).map_err(worker_error)? {
         complete::Committed::Ready => Ok("ready"),
         complete::Committed::Failed => Ok("failed"),
         complete::Committed::TrackGone => Ok("track_gone"),
@@ -297,23 +301,21 @@ async fn upload_blob(
     app: &Arc<App>,
     d: Deps,
     lease: Lease,
+    track_id: String,
     lease_ms: u64,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let d2 = d.clone();
-    let held = tokio::task::spawn_blocking(move || d2.queue.extend(&lease, lease_ms))
+    tokio::task::spawn_blocking(move || d2.queue.extend(&lease, lease_ms))
         .await
         .map_err(join_error)?
         .map_err(meta_error)?;
-    let job: TranscodeJob = serde_json::from_slice(&held.payload)
-        .map_err(|e| ApiError::bad_request(format!("job payload: {e}")))?;
     let limit_bytes = app.config.upload_limit_bytes;
     // Frames go through a small channel to a blocking writer: at most a few
     // frames are in memory, whatever the tier's size. `None` marks the end
     // of the body; a channel closed without it aborts the blob.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Bytes>>(8);
     let writer_deps = d.clone();
-    let track_id = job.track_id.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<HeldBlobJson, ApiError> {
         let mut sink = BlobSink::new(writer_deps.blobs.writer());
         loop {
