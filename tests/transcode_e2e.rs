@@ -3,6 +3,8 @@
 //! leasing the job over HTTP, killed (SIGKILL) mid-job, and a second worker
 //! that completes it with exactly one set of tiers.
 
+#![expect(clippy::expect_used, reason = "test helpers panic on a setup failure")]
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -4,6 +4,8 @@
 //! extra references; a deleted track releases them; the pool drains a
 //! backlog.
 
+#![expect(clippy::unwrap_used, reason = "test helpers panic on a setup failure")]
+
 use std::io::Cursor;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

@@ -42,7 +42,7 @@ pub struct Completion {
 /// How a job ended, for the final batch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finish {
-    Ready(Completion),
+    Ready(Box<Completion>),
     Failed { reason: String },
 }
 

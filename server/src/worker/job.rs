@@ -171,7 +171,7 @@ pub fn run_job(deps: &Deps, lease: Lease, config: &WorkerConfig, stop: &AtomicBo
     drop(beat);
     let lease = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let finish = match result {
-        Ok(completion) => Finish::Ready(completion),
+        Ok(completion) => Finish::Ready(Box::new(completion)),
         Err(JobError::Worker(WorkerError::NotProcessing)) => {
             return match complete::commit(
                 deps,

@@ -275,7 +275,7 @@ fn finish(
     let finish = if action == "complete" {
         let c: Completion = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("completion: {e}")))?;
-        Finish::Ready(c)
+        Finish::Ready(Box::new(c))
     } else {
         let f: FailJson = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("failure: {e}")))?;
