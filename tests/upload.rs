@@ -38,6 +38,13 @@ fn fetch_original(server: &Server, track_id: &str) -> HttpResponse {
     server.request("GET", &location, &[], b"")
 }
 
+/// A server with the in-process transcoder pool disabled: these tests check
+/// the claim-check state an upload leaves (`processing` with a waiting job),
+/// which a running pool would move on from within milliseconds.
+fn origin_only() -> ServerOptions {
+    ServerOptions::default().arg("--transcode-pool-max").arg("0")
+}
+
 fn check_accepted(server: &Server, r: &HttpResponse) -> serde_json::Value {
     assert_eq!(r.status, 202, "{:?}", String::from_utf8_lossy(&r.body));
     let track = r.json();
@@ -75,7 +82,7 @@ fn metric(server: &Server, name: &str) -> f64 {
 
 #[test]
 fn raw_and_multipart_uploads_reach_a_playable_original_and_delete() {
-    let server = Server::start();
+    let server = Server::start_with(origin_only());
     let token = auth(&server.creator_token());
 
     // Raw body, fields as query parameters; the Ogg signature wins over the
@@ -192,7 +199,7 @@ fn raw_and_multipart_uploads_reach_a_playable_original_and_delete() {
 
 #[test]
 fn missing_or_wrong_tokens_are_refused() {
-    let server = Server::start();
+    let server = Server::start_with(origin_only());
     let r = server.request("POST", "/v1/tracks", &[], b"abc");
     assert_eq!(r.status, 401);
     assert_eq!(r.error_code(), "unauthorized");
@@ -263,7 +270,7 @@ fn missing_or_wrong_tokens_are_refused() {
 fn too_large_uploads_get_413_and_store_nothing() {
     let limit = 1 << 20;
     let server = Server::start_with(
-        ServerOptions::default()
+        origin_only()
             .arg("--upload-limit-bytes")
             .arg(limit.to_string()),
     );
@@ -342,7 +349,7 @@ fn too_large_uploads_get_413_and_store_nothing() {
 fn an_upload_cut_off_midway_leaves_no_track_and_only_reclaimable_garbage() {
     // Small segments, so the garbage lands in sealed, compactable segments.
     let server = Server::start_with(
-        ServerOptions::default()
+        origin_only()
             .arg("--blob-segment-size-bytes-max")
             .arg((4u64 << 20).to_string()),
     );
@@ -410,7 +417,7 @@ fn large_upload_bytes() -> u64 {
 #[test]
 fn a_large_streamed_upload_stays_within_the_memory_bound() {
     let total = large_upload_bytes();
-    let server = Server::start();
+    let server = Server::start_with(origin_only());
     let token = auth(&server.creator_token());
     // Warm up the paths an upload takes, so one-off allocations are not
     // counted as growth.

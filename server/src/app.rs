@@ -53,10 +53,10 @@ pub enum OpenError {
     Meta(#[from] spindle_engine::meta::Error),
     #[error("tokens: {0}")]
     Tokens(#[from] crate::tokens::TokenError),
-    #[error("charts: {0}")]
-    Charts(#[from] crate::charts::ChartsError),
     #[error("discovery: {0}")]
     Discovery(#[from] crate::catalog::http::DiscoveryError),
+    #[error("charts: {0}")]
+    Charts(#[from] crate::charts::ChartsError),
 }
 
 /// Everything a request handler needs. Shared by all connections.
@@ -110,9 +110,9 @@ impl App {
         let meta = MetaStore::open(meta_storage, MetaConfig::default(), Arc::new(SystemClock))?;
         let queue = Queue::new(&meta, TRANSCODE_QUEUE, QueueConfig::default())?;
         let (tokens, new_tokens) = Tokens::load_or_create(&meta, &config.tokens_path())?;
+        let discovery = crate::catalog::http::Discovery::open(&meta, &config.data_dir)?;
         let charts_config = crate::charts::ChartsConfig::from_env(std::env::vars())?;
         let charts = Arc::new(crate::charts::Charts::start(&meta, charts_config)?);
-        let discovery = crate::catalog::http::Discovery::open(&meta, &config.data_dir)?;
         let workers = crate::worker::Pool::start(
             crate::worker::Deps {
                 blobs: blobs.clone(),
@@ -195,10 +195,10 @@ impl App {
             ["v1", "tracks", _, "stream"] => (Route::TrackStream, "GET, HEAD"),
             ["v1", "admin", "stats"] => (Route::Admin, "GET, HEAD"),
             ["v1", "admin", "compact"] => (Route::Admin, "POST"),
-            ["v1", "plays"] => (Route::Plays, "POST"),
-            ["v1", "charts", "top"] => (Route::ChartsTop, "GET, HEAD"),
             // Counted as unmatched until metrics::Route has discovery routes.
             s if crate::catalog::http::is_discovery_path(s) => (Route::Unmatched, "GET, HEAD"),
+            ["v1", "plays"] => (Route::Plays, "POST"),
+            ["v1", "charts", "top"] => (Route::ChartsTop, "GET, HEAD"),
             _ => {
                 let e = ApiError::NoRoute {
                     path: path.chars().take(256).collect(),
@@ -217,15 +217,15 @@ impl App {
         let id = segments.get(2).copied().unwrap_or("").to_owned();
         let result = match (route, segments.get(2)) {
             (Route::TrackCreate, _) => crate::upload::create_track(self.clone(), req).await,
-            (Route::Plays, _) => {
-                let timeout = std::time::Duration::from_millis(self.config.body_read_timeout_ms);
-                crate::charts::http::post_plays(self.charts.clone(), timeout, req).await
-            }
             _ if crate::catalog::http::is_discovery_path(&segments) => match check_small_body(&req)
             {
                 Err(e) => Err(e),
                 Ok(()) => crate::catalog::http::route(self, &segments, req.uri().query()).await,
             },
+            (Route::Plays, _) => {
+                let timeout = std::time::Duration::from_millis(self.config.body_read_timeout_ms);
+                crate::charts::http::post_plays(self.charts.clone(), timeout, req).await
+            }
             (Route::Healthz | Route::Readyz | Route::Metrics, _) | (Route::Admin, _) => {
                 match check_small_body(&req) {
                     Err(e) => Err(e),
@@ -238,7 +238,9 @@ impl App {
                     Route::TrackGet => self.get_track(&id),
                     Route::TrackDelete => self.delete_track(&id, req.headers()).await,
                     Route::TrackStream => self.stream_track(&id, req.uri().query()),
-                    Route::ChartsTop => crate::charts::http::get_top(&self.charts, req.uri().query()),
+                    Route::ChartsTop => {
+                        crate::charts::http::get_top(&self.charts, req.uri().query())
+                    }
                     _ => Err(ApiError::Internal {
                         message: "route table and dispatch disagree".into(),
                     }),
@@ -645,8 +647,8 @@ impl App {
         for (name, help, value) in counters {
             metrics::counter(&mut out, name, help, value);
         }
-        self.charts.render_metrics(&mut out);
         self.discovery.render_metrics(&mut out);
+        self.charts.render_metrics(&mut out);
         out
     }
 }

@@ -39,19 +39,13 @@ pub enum ApiError {
     NoRoute { path: String },
     /// The route exists but not for this method; `allow` lists the methods.
     #[error("method {method} not allowed here (allowed: {allow})")]
-    MethodNotAllowed {
-        method: String,
-        allow: &'static str,
-    },
+    MethodNotAllowed { method: String, allow: &'static str },
     /// The client took too long sending its request.
     #[error("the request was not received in time")]
     RequestTimeout,
     /// A state conflict, e.g. a quality tier that is not transcoded yet.
     #[error("{message}")]
-    Conflict {
-        code: &'static str,
-        message: String,
-    },
+    Conflict { code: &'static str, message: String },
     /// A precondition header (`If-Match`, `If-Unmodified-Since`) failed.
     #[error("a precondition of the request failed")]
     PreconditionFailed,

@@ -236,7 +236,9 @@ fn summarize_with_order(track: &Track) -> Option<(TrackSummary, (u64, u64))> {
         }
     });
     let genres = match non_blank(&f.genre) {
-        Some(g) => split_values(Some(g), &[';', ',', '/']),
+        // Only ";" separates: a genre such as "Folk, World & Country" or
+        // "Rock/Pop" is one value (the transcoder joins several with "; ").
+        Some(g) => split_values(Some(g), &[';']),
         None => tags.genres.clone(),
     };
     let summary = TrackSummary {
@@ -414,7 +416,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Result<Vec<u8>, CatalogError> {
-    if s.len() % 2 != 0 || s.len() > 8192 {
+    if !s.len().is_multiple_of(2) || s.len() > 8192 {
         return Err(CatalogError::BadCursor);
     }
     (0..s.len())
@@ -702,8 +704,12 @@ mod tests {
     #[test]
     fn multi_valued_tags_split_and_dedupe() {
         assert_eq!(
-            split_values(Some("Rock/Pop; rock , Électro"), &[';', ',', '/']),
-            vec!["Rock", "Pop", "Électro"]
+            split_values(Some("Rock; rock ; Électro"), &[';']),
+            vec!["Rock", "Électro"]
+        );
+        assert_eq!(
+            split_values(Some("Folk, World & Country; Rock/Pop"), &[';']),
+            vec!["Folk, World & Country", "Rock/Pop"]
         );
         assert_eq!(
             split_values(Some("AC/DC; Brian Johnson"), &[';']),
