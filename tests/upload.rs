@@ -42,7 +42,9 @@ fn fetch_original(server: &Server, track_id: &str) -> HttpResponse {
 /// the claim-check state an upload leaves (`processing` with a waiting job),
 /// which a running pool would move on from within milliseconds.
 fn origin_only() -> ServerOptions {
-    ServerOptions::default().arg("--transcode-pool-max").arg("0")
+    ServerOptions::default()
+        .arg("--transcode-pool-max")
+        .arg("0")
 }
 
 fn check_accepted(server: &Server, r: &HttpResponse) -> serde_json::Value {
