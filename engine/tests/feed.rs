@@ -71,7 +71,7 @@ fn every_change_once_in_order(storage: Arc<dyn Storage>, disk: Option<FaultStora
             applied.push(c.lsn);
         }
         let last = changes.last().unwrap().lsn;
-        if round % 3 == 0 {
+        if round.is_multiple_of(3) {
             // Restart after checkpointing: resumes right after it.
             consumer.checkpoint(last).unwrap();
             match &disk {
@@ -81,7 +81,7 @@ fn every_change_once_in_order(storage: Arc<dyn Storage>, disk: Option<FaultStora
             store = open(storage.clone(), &clock, small_segments());
             consumer = store.feed("search").unwrap();
             assert_eq!(consumer.position(), last);
-        } else if round % 5 == 0 {
+        } else if round.is_multiple_of(5) {
             // Restart before checkpointing: the unconfirmed changes come
             // again; an idempotent consumer skips what it applied.
             drop(consumer);
