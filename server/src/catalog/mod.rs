@@ -125,8 +125,9 @@ pub fn album_id(album_artist: &str, name: &str) -> String {
     name_id(&["album", &genre_key(album_artist), &genre_key(name)])
 }
 
-/// Splits a multi-valued tag. Artists are separated by `;` only (a slash is
-/// part of names like "AC/DC"); genres by `;`, `,` and `/` ("Rock/Pop").
+/// Splits a multi-valued field on `;`, the separator the transcoder joins
+/// several tag values with. Nothing else separates: a slash or a comma is part
+/// of names like "AC/DC" or "Folk, World & Country".
 /// Values are trimmed, empties dropped, and duplicates by key removed.
 fn split_values(value: Option<&str>, separators: &[char]) -> Vec<String> {
     distinct(value.unwrap_or("").split(|c| separators.contains(&c)))
