@@ -197,7 +197,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // tantivy logs every index commit at info, which would bury spindle's
+        // own lines (where it listens, where the tokens are) for a newcomer.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tantivy=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
