@@ -165,6 +165,12 @@ pub fn open_storage(path: &Path, choice: BackendChoice) -> io::Result<Arc<dyn St
     }
 }
 
+/// Whether `error` means the disk is full (`ENOSPC`), which both stores
+/// report as their typed `NoSpace` error rather than as plain I/O.
+pub fn is_no_space(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(libc::ENOSPC) || error.kind() == io::ErrorKind::StorageFull
+}
+
 /// Rejects names that would escape the directory or that the engine never
 /// makes, so a bug cannot touch files outside the store.
 pub(crate) fn check_name(name: &str) -> io::Result<()> {

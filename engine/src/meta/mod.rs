@@ -82,9 +82,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(op: &'static str, file: &str, source: io::Error) -> Error {
-        let enospc = source.raw_os_error() == Some(libc::ENOSPC)
-            || source.kind() == io::ErrorKind::StorageFull;
-        if enospc {
+        if crate::io::is_no_space(&source) {
             Error::NoSpace {
                 op,
                 file: file.to_owned(),
