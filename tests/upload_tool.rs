@@ -1,8 +1,10 @@
 //! `spindle upload` against the real binary and a real server: a folder of
-//! generated WAV files (with a non-audio file and a fake `.wav` that must be
-//! skipped) is uploaded, every printed id names a stored track; a bad token,
-//! an upload over the server's limit and a connection dropped mid-body are
-//! each reported with a non-zero exit code.
+//! generated WAV files, a non-audio file (skipped for its extension) and a
+//! fake `.wav` holding text (uploaded, as selection is by extension only, and
+//! reported failed with the server's reason) is uploaded with `--wait`;
+//! every printed id names a stored track with the printed final status. A
+//! bad token, an upload over the server's limit and a connection dropped
+//! mid-body are each reported with a non-zero exit code.
 
 #![allow(
     clippy::unwrap_used,
@@ -74,32 +76,75 @@ fn uploads_a_folder_and_reports_failures() {
     std::fs::write(music.path().join("notes.txt"), b"not audio").unwrap();
     std::fs::write(sub.join("fake.wav"), b"plain text pretending").unwrap();
 
-    let out = upload(&server.url(""), &token_file, &[], &[music.path()]);
+    let out = upload(
+        &server.url(""),
+        &token_file,
+        &["--wait", "--wait-timeout-s", "120"],
+        &[music.path()],
+    );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "upload failed:\n{stdout}\n{stderr}");
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 2, "one line per uploaded file:\n{stdout}");
+    // The fake .wav is sent (selection is by extension) and fails on the
+    // server, so the run as a whole fails.
+    assert!(
+        !out.status.success(),
+        "fake.wav failed:\n{stdout}\n{stderr}"
+    );
+    let lines: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.splitn(4, '\t').collect())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        6,
+        "an upload line and a final line per audio file:\n{stdout}"
+    );
+    let names = ["a tone.wav", "b tone.WAV", "fake.wav"];
+    for (cols, name) in lines[..3].iter().zip(names) {
+        assert_eq!(cols[0].len(), 32, "a track id: {cols:?}");
+        assert_eq!(cols[1], "processing", "{cols:?}");
+        assert!(cols[2].ends_with(name), "{cols:?}");
+    }
     let mut ids = Vec::new();
-    for (line, name) in lines.iter().zip(["a tone.wav", "b tone.WAV"]) {
-        let cols: Vec<&str> = line.split('\t').collect();
-        assert_eq!(cols.len(), 3, "id, status, path: {line:?}");
-        assert_eq!(cols[0].len(), 32, "a track id: {line:?}");
-        assert!(cols[2].ends_with(name), "{line:?}");
+    for name in names {
+        // The last line of a path is its final status.
+        let cols = lines
+            .iter()
+            .rev()
+            .find(|c| c[2].ends_with(name))
+            .unwrap_or_else(|| panic!("no line for {name}:\n{stdout}"));
         let r = server.request("GET", &format!("/v1/tracks/{}", cols[0]), &[], b"");
         assert_eq!(r.status, 200, "{}", text(&r.body));
         let t = r.json();
         assert_eq!(t["filename"], name);
-        assert_eq!(t["raw"]["media_type"], "audio/wav");
-        assert_eq!(t["status"].as_str().unwrap(), cols[1]);
+        assert_eq!(t["status"].as_str().unwrap(), cols[1], "{name}");
+        if name == "fake.wav" {
+            // Sent as octet-stream: the tool claims nothing about the bytes,
+            // and the server found no audio signature either.
+            assert_eq!(t["raw"]["media_type"], "application/octet-stream");
+            assert_eq!(cols[1], "failed", "{cols:?}");
+            let reason = t["failure_reason"].as_str().unwrap();
+            assert!(!reason.is_empty());
+            assert_eq!(cols.get(3).copied(), Some(reason), "the server's reason");
+        } else {
+            assert_eq!(t["raw"]["media_type"], "audio/wav");
+            assert_eq!(cols[1], "ready", "{cols:?}");
+            assert_eq!(cols.len(), 3, "no reason on a ready track: {cols:?}");
+        }
         ids.push(cols[0].to_owned());
     }
-    assert_ne!(ids[0], ids[1]);
+    assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
     assert!(
-        stderr.contains("notes.txt") && stderr.contains("fake.wav"),
+        stderr.contains("skipped") && stderr.contains("notes.txt"),
         "{stderr}"
     );
     assert!(
-        stderr.contains("uploaded 2 of 2 files (2 skipped"),
+        stderr.contains("uploaded 3 of 3 audio files (1 other files skipped); 2 ready, 1 failed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("FAILED") && l.contains("fake.wav")),
         "{stderr}"
     );
 

@@ -2,19 +2,25 @@
 //! running `spindle serve`, one `POST /v1/tracks` per file, and reports each
 //! track's id and status.
 //!
-//! - A file is uploaded only if its extension is an audio one AND its first
-//!   bytes carry an audio signature (the server's own sniffer), so a
-//!   `cover.jpg` or a `.mp3` that is really a text file is skipped and said
-//!   so, never sent.
+//! - Files are chosen by extension alone: every file with an audio extension
+//!   ([`AUDIO_EXTENSIONS`]) is sent, everything else (`cover.jpg`,
+//!   `notes.txt`) is skipped and counted. What the bytes really are is the
+//!   server's call: a `.mp3` that holds text is uploaded and comes back
+//!   refused or failed with the server's reason, never silently dropped.
 //! - Each file streams from disk as the raw request body with its exact
-//!   `Content-Length`; it is never held in memory whole. Progress bars (one
-//!   per file and one overall) go to stderr and vanish when it is not a
-//!   terminal; stdout carries one line per file, `<track id>\t<status>\t<path>`,
-//!   so scripts can read it.
-//! - `--wait` polls `GET /v1/tracks/{id}` until every track is `ready` or
-//!   `failed` (bounded by `--wait-timeout-s`) and prints failure reasons.
+//!   `Content-Length` and `Content-Type: application/octet-stream` (the
+//!   server sniffs the type); it is never held in memory whole. Progress bars
+//!   (one per file and one overall) go to stderr and vanish when it is not a
+//!   terminal.
+//! - stdout carries tab-separated lines for scripts: after each upload
+//!   `<track id>\t<status>\t<path>` (status as the server answered, normally
+//!   `processing`), or `-\t<refused|interrupted|unreadable|unconfirmed>\t<path>\t<reason>`
+//!   when no track was created; with `--wait`, a second line per track once
+//!   it is final: `<track id>\t<ready|failed|missing|processing>\t<path>[\t<reason>]`
+//!   (`processing` there means it did not finish within `--wait-timeout-s`).
+//!   The last line of a path is its final word.
 //!
-//! **Invariant:** the exit code is non-zero whenever any file was not
+//! **Invariant:** the exit code is non-zero whenever any audio file was not
 //! accepted (connection dropped, non-2xx answer, unreadable file) or, with
 //! `--wait`, failed or did not finish in time; a failure is never silent.
 
@@ -27,7 +33,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// Extensions of files worth sniffing (lowercase, without the dot).
+/// Extensions of the files that are uploaded (lowercase, without the dot).
 const AUDIO_EXTENSIONS: [&str; 13] = [
     "flac", "mp3", "ogg", "oga", "opus", "m4a", "mp4", "aac", "wav", "wave", "aif", "aiff", "aifc",
 ];
@@ -81,12 +87,16 @@ pub struct UploadArgs {
     paths: Vec<PathBuf>,
 }
 
+/// The type every body is sent as: the server sniffs the real one.
+const BODY_MEDIA_TYPE: &str = "application/octet-stream";
+
 /// One file found to upload.
 #[derive(Debug)]
 struct Candidate {
     path: PathBuf,
+    /// The size when the folder was walked (for the overall bar); the body's
+    /// length is taken again from the opened file.
     size_bytes: u64,
-    media_type: String,
 }
 
 /// What happened to one file.
@@ -95,8 +105,21 @@ struct Outcome {
     path: PathBuf,
     /// The track id once the server accepted the upload.
     track_id: Option<String>,
+    /// The track's status, or (without a track) why none was created:
+    /// `refused`, `interrupted`, `unreadable` or `unconfirmed`.
     status: String,
     failure: Option<String>,
+}
+
+impl Outcome {
+    /// The stdout line for this file (see the module doc).
+    fn line(&self) -> String {
+        let id = self.track_id.as_deref().unwrap_or("-");
+        match &self.failure {
+            Some(why) => format!("{id}\t{}\t{}\t{why}", self.status, self.path.display()),
+            None => format!("{id}\t{}\t{}", self.status, self.path.display()),
+        }
+    }
 }
 
 /// Runs the subcommand; `Err` (non-zero exit) when anything was not uploaded
@@ -108,12 +131,12 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
     }
     let token = resolve_token(&args)?;
     let (candidates, skipped) = collect(&args.paths)?;
-    for (path, reason) in &skipped {
-        eprintln!("skipped {}: {reason}", path.display());
+    for path in &skipped {
+        eprintln!("skipped {}: not an audio file extension", path.display());
     }
     if candidates.is_empty() {
         bail!(
-            "no audio files to upload under {} ({} skipped)",
+            "no audio files to upload under {} ({} other files skipped)",
             join_paths(&args.paths),
             skipped.len()
         );
@@ -151,14 +174,7 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
         bar.finish_and_clear();
         overall.set_prefix(format!("{}/{}", n + 1, candidates.len()));
         // Printed through the bars so the line does not tear them.
-        let line = match &outcome.track_id {
-            Some(id) => format!("{id}\t{}\t{}", outcome.status, outcome.path.display()),
-            None => format!(
-                "-\tupload failed\t{}\t{}",
-                outcome.path.display(),
-                outcome.failure.as_deref().unwrap_or("")
-            ),
-        };
+        let line = outcome.line();
         bars.suspend(|| println!("{line}"));
         outcomes.push(outcome);
     }
@@ -227,11 +243,16 @@ fn token_from_file(text: &str, name: &str) -> Option<String> {
     })
 }
 
-/// A file not uploaded and why.
-type Skipped = (PathBuf, String);
+/// Whether `path` has one of [`AUDIO_EXTENSIONS`] (any case).
+fn has_audio_extension(path: &Path) -> bool {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .is_some_and(|ext| AUDIO_EXTENSIONS.contains(&ext.as_str()))
+}
 
-/// Files to upload (in path order) and files skipped with the reason.
-fn collect(paths: &[PathBuf]) -> anyhow::Result<(Vec<Candidate>, Vec<Skipped>)> {
+/// Files to upload (in path order) and the files skipped for their
+/// extension. Contents are not looked at (see the module doc).
+fn collect(paths: &[PathBuf]) -> anyhow::Result<(Vec<Candidate>, Vec<PathBuf>)> {
     let mut files = Vec::new();
     for p in paths {
         let meta = std::fs::metadata(p).with_context(|| format!("cannot read {}", p.display()))?;
@@ -239,54 +260,26 @@ fn collect(paths: &[PathBuf]) -> anyhow::Result<(Vec<Candidate>, Vec<Skipped>)> 
             for entry in walkdir::WalkDir::new(p).sort_by_file_name() {
                 let entry = entry.with_context(|| format!("walking {}", p.display()))?;
                 if entry.file_type().is_file() {
-                    files.push(entry.into_path());
+                    // An unreadable size only affects the overall bar; the
+                    // upload itself reports the file if it cannot be read.
+                    let size_bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                    files.push((entry.into_path(), size_bytes));
                 }
             }
         } else {
-            files.push(p.clone());
+            files.push((p.clone(), meta.len()));
         }
     }
     let mut candidates = Vec::new();
     let mut skipped = Vec::new();
-    for path in files {
-        let ext = path
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
-        if !AUDIO_EXTENSIONS.contains(&ext.as_str()) {
-            skipped.push((path, "not an audio file extension".to_owned()));
-            continue;
-        }
-        match sniff_file(&path) {
-            Ok(Some((media_type, size_bytes))) => candidates.push(Candidate {
-                path,
-                size_bytes,
-                media_type,
-            }),
-            Ok(None) => skipped.push((path, "content is not audio (no known signature)".into())),
-            Err(e) => skipped.push((path, format!("cannot read: {e}"))),
+    for (path, size_bytes) in files {
+        if has_audio_extension(&path) {
+            candidates.push(Candidate { path, size_bytes });
+        } else {
+            skipped.push(path);
         }
     }
     Ok((candidates, skipped))
-}
-
-/// The sniffed audio media type and size of `path`, `None` if not audio.
-fn sniff_file(path: &Path) -> std::io::Result<Option<(String, u64)>> {
-    let mut file = File::open(path)?;
-    let size_bytes = file.metadata()?.len();
-    let mut head = [0u8; spindle_server::sniff::SNIFF_LEN];
-    let mut filled = 0;
-    while filled < head.len() {
-        let n = file.read(&mut head[filled..])?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
-    }
-    let media_type = spindle_server::sniff::sniff(&head[..filled], None);
-    Ok(media_type
-        .starts_with("audio/")
-        .then_some((media_type, size_bytes)))
 }
 
 /// A reader that advances the progress bars as the body is sent.
@@ -328,10 +321,10 @@ fn upload_one(
     bar: &ProgressBar,
     overall: &ProgressBar,
 ) -> Outcome {
-    let failed = |why: String| Outcome {
+    let failed = |status: &str, why: String| Outcome {
         path: c.path.clone(),
         track_id: None,
-        status: "upload failed".into(),
+        status: status.to_owned(),
         failure: Some(why),
     };
     let mut query = format!("filename={}", encode(&display_name(&c.path)));
@@ -347,49 +340,66 @@ fn upload_one(
             query.push_str(&format!("&{name}={}", encode(v)));
         }
     }
-    let file = match File::open(&c.path) {
-        Ok(f) => f,
-        Err(e) => return failed(format!("cannot open: {e}")),
+    let sent_before = overall.position();
+    let opened = File::open(&c.path).and_then(|f| Ok((f.metadata()?.len(), f)));
+    let (size_bytes, file) = match opened {
+        Ok(sized) => sized,
+        Err(e) => {
+            overall.set_position(sent_before + c.size_bytes);
+            return failed("unreadable", format!("cannot read the file: {e}"));
+        }
     };
+    if size_bytes != c.size_bytes {
+        // Changed since the walk: the bars follow what is really sent.
+        bar.set_length(size_bytes);
+        overall.set_length(
+            overall
+                .length()
+                .unwrap_or(0)
+                .saturating_sub(c.size_bytes)
+                .saturating_add(size_bytes),
+        );
+    }
     let mut body = Progress {
-        inner: file.take(c.size_bytes),
+        inner: file.take(size_bytes),
         bar,
         overall,
     };
-    let sent_before = overall.position();
     let result = agent
         .post(format!("{base}/v1/tracks?{query}"))
         .header("Authorization", format!("Bearer {token}"))
-        .header("Content-Type", &c.media_type)
-        .header("Content-Length", c.size_bytes.to_string())
+        .header("Content-Type", BODY_MEDIA_TYPE)
+        .header("Content-Length", size_bytes.to_string())
         .send(ureq::SendBody::from_reader(&mut body));
+    // Whatever happened, this file's share of the overall bar is done.
+    overall.set_position(sent_before + size_bytes);
     let response = match result {
         Ok(r) => r,
         Err(e) => {
-            // Keep the overall bar honest: this file's bytes did not land.
-            overall.set_position(sent_before + c.size_bytes);
-            return failed(format!(
-                "interrupted after {} of {} bytes: {e}",
-                bar.position(),
-                c.size_bytes
-            ));
+            return failed(
+                "interrupted",
+                format!(
+                    "interrupted after {} of {size_bytes} bytes: {e}",
+                    bar.position()
+                ),
+            );
         }
     };
     let status = response.status().as_u16();
     let text = read_body(response);
     if !(200..300).contains(&status) {
-        overall.set_position(sent_before + c.size_bytes);
-        return failed(format!(
-            "server answered {status}: {}",
-            error_message(&text)
-        ));
+        return failed(
+            "refused",
+            format!("server answered {status}: {}", error_message(&text)),
+        );
     }
     let json: serde_json::Value = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(e) => {
-            return failed(format!(
-                "server answered {status} with a body that is not JSON: {e}"
-            ))
+            return failed(
+                "unconfirmed",
+                format!("server answered {status} with a body that is not JSON: {e}"),
+            )
         }
     };
     match json["id"].as_str() {
@@ -399,7 +409,10 @@ fn upload_one(
             status: json["status"].as_str().unwrap_or("accepted").to_owned(),
             failure: json["failure_reason"].as_str().map(str::to_owned),
         },
-        None => failed(format!("server answered {status} without a track id")),
+        None => failed(
+            "unconfirmed",
+            format!("server answered {status} without a track id"),
+        ),
     }
 }
 
@@ -446,11 +459,11 @@ fn wait_all(agent: &ureq::Agent, base: &str, outcomes: &mut [Outcome], timeout: 
                         if status != "processing" {
                             o.status = status.to_owned();
                             o.failure = v["failure_reason"].as_str().map(str::to_owned);
+                            if o.status == "failed" && o.failure.is_none() {
+                                o.failure = Some("the server gave no reason".into());
+                            }
                             spinner.inc(1);
-                            let line = match &o.failure {
-                                Some(why) => format!("{id}\t{status}\t{}\t{why}", o.path.display()),
-                                None => format!("{id}\t{status}\t{}", o.path.display()),
-                            };
+                            let line = o.line();
                             spinner.suspend(|| println!("{line}"));
                         }
                     }
@@ -459,6 +472,8 @@ fn wait_all(agent: &ureq::Agent, base: &str, outcomes: &mut [Outcome], timeout: 
                     o.status = "missing".into();
                     o.failure = Some("the track no longer exists (deleted?)".into());
                     spinner.inc(1);
+                    let line = o.line();
+                    spinner.suspend(|| println!("{line}"));
                 }
                 // A transient error: ask again next round.
                 Ok(_) | Err(_) => {}
@@ -473,6 +488,8 @@ fn wait_all(agent: &ureq::Agent, base: &str, outcomes: &mut [Outcome], timeout: 
                     "still processing after {} s (--wait-timeout-s)",
                     timeout.as_secs()
                 ));
+                let line = o.line();
+                spinner.suspend(|| println!("{line}"));
             }
             break;
         }
@@ -497,7 +514,7 @@ fn summarize(outcomes: &[Outcome], skipped: usize, waited: bool) -> anyhow::Resu
     let mut err = std::io::stderr().lock();
     let _ = writeln!(
         err,
-        "uploaded {accepted} of {} files ({skipped} skipped as not audio){}",
+        "uploaded {accepted} of {} audio files ({skipped} other files skipped){}",
         outcomes.len(),
         if waited {
             format!(
@@ -512,8 +529,9 @@ fn summarize(outcomes: &[Outcome], skipped: usize, waited: bool) -> anyhow::Resu
     for o in outcomes.iter().filter(|o| o.track_id.is_none()) {
         let _ = writeln!(
             err,
-            "NOT UPLOADED {}: {}",
+            "NOT UPLOADED {} ({}): {}",
             o.path.display(),
+            o.status,
             o.failure.as_deref().unwrap_or("unknown error")
         );
     }
@@ -548,8 +566,10 @@ mod tests {
         assert_eq!(encode("a b/é&=~"), "a%20b%2F%C3%A9%26%3D~");
     }
 
+    /// Selection is by extension only: a `.mp3` holding text is sent (the
+    /// server refuses or fails it with a reason), a `cover.jpg` is not.
     #[test]
-    fn folders_are_walked_and_non_audio_skipped() {
+    fn folders_are_walked_and_non_audio_extensions_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let sub = dir.path().join("sub");
         std::fs::create_dir(&sub).unwrap();
@@ -559,8 +579,11 @@ mod tests {
         std::fs::write(dir.path().join("cover.jpg"), b"\xFF\xD8\xFF\xE0").unwrap();
         let (found, skipped) = collect(&[dir.path().to_path_buf()]).unwrap();
         let names: Vec<String> = found.iter().map(|c| display_name(&c.path)).collect();
-        assert_eq!(names, ["a.flac", "b.wav"]);
-        assert_eq!(found[0].media_type, "audio/flac");
-        assert_eq!(skipped.len(), 2);
+        assert_eq!(names, ["a.flac", "b.wav", "fake.mp3"]);
+        assert_eq!(found[2].size_bytes, 14);
+        let skipped: Vec<String> = skipped.iter().map(|p| display_name(p)).collect();
+        assert_eq!(skipped, ["cover.jpg"]);
+        assert!(has_audio_extension(Path::new("x/Y.FLAC")));
+        assert!(!has_audio_extension(Path::new("flac")));
     }
 }
