@@ -14,7 +14,12 @@
 //! 3. a criterion benchmark of one mixed query.
 //!
 //! Size: `SPINDLE_BENCH_SEARCH_TRACKS` (default 1 000 000); the schedule's
-//! length: `SPINDLE_BENCH_SEARCH_QUERIES` (default 5 000).
+//! length: `SPINDLE_BENCH_SEARCH_QUERIES` (default 5 000). To measure
+//! queries again without writing the catalogue again, set
+//! `SPINDLE_BENCH_SEARCH_DIR` to a directory kept between runs: the first run
+//! writes the store there, later runs of the same size reopen it (the index
+//! resumes, or rebuilds when its schema version changed) and skip step 1's
+//! write figures.
 //! Run: `cargo bench -p spindle-benches --bench search`.
 
 #![expect(
@@ -291,24 +296,39 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 struct Corpus {
-    _dir: tempfile::TempDir,
+    _tmp: Option<tempfile::TempDir>,
     service: SearchService,
 }
 
 fn build() -> Corpus {
     let tracks = env_u64("SPINDLE_BENCH_SEARCH_TRACKS", 1_000_000);
-    let dir = tempfile::tempdir().unwrap();
-    let storage = open_storage(&dir.path().join("meta"), BackendChoice::Auto).unwrap();
+    let (tmp, root) = match std::env::var_os("SPINDLE_BENCH_SEARCH_DIR") {
+        Some(d) => (None, std::path::PathBuf::from(d)),
+        None => {
+            let t = tempfile::tempdir().unwrap();
+            let p = t.path().to_path_buf();
+            (Some(t), p)
+        }
+    };
+    // A kept directory holds a finished catalogue of this many tracks.
+    let marker = root.join("bench-tracks");
+    let written_before = std::fs::read_to_string(&marker).ok() == Some(tracks.to_string());
+    if !written_before && root.join("meta").exists() {
+        std::fs::remove_dir_all(root.join("meta")).unwrap();
+        let _ = std::fs::remove_dir_all(root.join("search"));
+    }
+    let _ = std::fs::remove_dir_all(root.join("reindexed"));
+    let storage = open_storage(&root.join("meta"), BackendChoice::Auto).unwrap();
     let store = MetaStore::open(storage, MetaConfig::default(), Arc::new(SystemClock)).unwrap();
     let config = IndexerConfig {
         changes_per_poll_max: 64,
         writer_memory_bytes: 256 * 1024 * 1024,
         ..IndexerConfig::default()
     };
-    let service = SearchService::start(&store, &dir.path().join("search"), config).unwrap();
+    let service = SearchService::start(&store, &root.join("search"), config).unwrap();
     let started = Instant::now();
     let per_batch = 200u64;
-    let mut n = 0u64;
+    let mut n = if written_before { tracks } else { 0 };
     while n < tracks {
         let mut b = Batch::new();
         for i in n..(n + per_batch).min(tracks) {
@@ -322,6 +342,9 @@ fn build() -> Corpus {
         }
         store.commit(b).unwrap();
         n += per_batch;
+    }
+    if !written_before {
+        std::fs::write(&marker, tracks.to_string()).unwrap();
     }
     let written = started.elapsed();
     assert!(service
@@ -339,18 +362,26 @@ fn build() -> Corpus {
         service.index().segment_count(),
         merging.elapsed().as_secs_f64()
     );
-    println!(
-        "search: {tracks} tracks written in {:.1} s ({:.0} tracks/s, {per_batch} per batch); \
+    if written_before {
+        println!(
+            "search: {tracks} tracks reopened from {}; index ready after {:.1} s",
+            root.display(),
+            indexed.as_secs_f64()
+        );
+    } else {
+        println!(
+            "search: {tracks} tracks written in {:.1} s ({:.0} tracks/s, {per_batch} per batch); \
          findable through the feed after {:.1} s: {:.0} tracks/s end to end",
-        written.as_secs_f64(),
-        tracks as f64 / written.as_secs_f64(),
-        indexed.as_secs_f64(),
-        tracks as f64 / indexed.as_secs_f64()
-    );
+            written.as_secs_f64(),
+            tracks as f64 / written.as_secs_f64(),
+            indexed.as_secs_f64(),
+            tracks as f64 / indexed.as_secs_f64()
+        );
+    }
     if env_u64("SPINDLE_BENCH_SEARCH_REINDEX", 1) == 1 {
         // A full rebuild from the store, into a separate directory.
         let t0 = Instant::now();
-        let report = search::reindex(&store, &dir.path().join("reindexed")).unwrap();
+        let report = search::reindex(&store, &root.join("reindexed")).unwrap();
         let took = t0.elapsed();
         println!(
             "search: reindex of {} documents (tracks + artists + albums) in {:.1} s: {:.0} docs/s, {:.0} tracks/s",
@@ -360,7 +391,8 @@ fn build() -> Corpus {
             tracks as f64 / took.as_secs_f64()
         );
     }
-    Corpus { _dir: dir, service }
+    let _ = std::fs::remove_dir_all(root.join("reindexed"));
+    Corpus { _tmp: tmp, service }
 }
 
 fn scheduled(corpus: &Corpus) {
@@ -376,13 +408,18 @@ fn scheduled(corpus: &Corpus) {
     let mut latencies = Vec::with_capacity(count);
     let mut by_kind: [Vec<Duration>; 3] = Default::default();
     let mut hits = 0usize;
+    // Time inside `search` alone: a latency far above it is queueing
+    // behind earlier queries or the machine's other load.
+    let mut service: Vec<(Duration, usize)> = Vec::with_capacity(count);
     for (i, q) in qs.iter().enumerate() {
         let due = start + interval * i as u32;
         let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
         }
+        let began = Instant::now();
         let r = index.search(q, None, 10).unwrap();
+        service.push((began.elapsed(), i));
         hits += usize::from(!r.tracks.is_empty());
         let latency = due.elapsed();
         latencies.push(latency);
@@ -398,6 +435,23 @@ fn scheduled(corpus: &Corpus) {
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
         hits as f64 * 100.0 / count as f64
     );
+    service.sort();
+    let times: Vec<Duration> = service.iter().map(|s| s.0).collect();
+    let mean = times.iter().sum::<Duration>() / count.max(1) as u32;
+    println!(
+        "search: time in search: mean {:.3} ms, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        mean.as_secs_f64() * 1e3,
+        percentile(&times, 0.5).as_secs_f64() * 1e3,
+        percentile(&times, 0.99).as_secs_f64() * 1e3,
+        times.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    for (took, i) in service.iter().rev().take(5) {
+        println!(
+            "search:   slowest: {:?} {:.3} ms",
+            qs[*i],
+            took.as_secs_f64() * 1e3
+        );
+    }
     for (name, mut l) in ["exact", "prefix", "fuzzy"].into_iter().zip(by_kind) {
         l.sort();
         println!(

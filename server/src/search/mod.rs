@@ -40,11 +40,6 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use spindle_engine::meta::{index as meta_index, ChangeOp, Direction, FeedConsumer, MetaStore};
-use tantivy::collector::{FilterCollector, TopDocs};
-use tantivy::query::{
-    BooleanQuery, BoostQuery, ConstScoreQuery, DisjunctionMaxQuery, FuzzyTermQuery, Occur, Query,
-    TermQuery,
-};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, STORED, STRING,
 };
@@ -55,11 +50,25 @@ use crate::catalog::{self, Member, TrackSummary};
 use crate::track::{Kind, Track, TRACKS_KEYSPACE};
 
 pub mod analyze;
+mod query;
+
+use query::KindFields;
+pub use query::{COMBINATIONS_MAX, FUZZY_EXPANSIONS_MAX};
 
 /// Name of the indexer's change-feed consumer.
 pub const FEED_CONSUMER: &str = "search-indexer";
 /// Name of the tokenizer that splits pre-analysed terms on spaces.
 const TOKENIZER: &str = "spindle_terms";
+/// Version of the index's schema and analysis. An index written under
+/// another version (or none: before versions were recorded) is thrown away
+/// and rebuilt from the store when opened. Bump it whenever documents would
+/// be indexed differently.
+pub const SCHEMA_VERSION: u32 = 2;
+/// The file, inside the index directory, recording [`SCHEMA_VERSION`]
+/// (tantivy leaves files it does not manage alone).
+const SCHEMA_VERSION_FILE: &str = "spindle-schema-version";
+/// The fast field holding a document's kind code ([`kind_code`]).
+const KIND_FIELD: &str = "kind";
 /// Most results of one kind a query returns.
 pub const SEARCH_LIMIT_MAX: usize = 100;
 /// Without index changes, the payload is committed once this many LSNs or
@@ -132,17 +141,20 @@ impl Default for IndexerConfig {
 #[derive(Clone, Copy)]
 struct Fields {
     doc_key: Field,
-    doc_type: Field,
+    /// Kind code ([`kind_code`]), a fast field for the kind filter.
     kind: Field,
+    /// Stored, and a fast field: ranking reads ids without the doc store.
     id: Field,
     display: Field,
-    exact: [Field; 3],
-    prefix: [Field; 3],
+    /// The text fields of each type of document, indexed by `TYPE_*`: a
+    /// term list per type, so a posting list holds one type only and a top
+    /// list of one type stops as soon as it is full.
+    by_type: [KindFields; 3],
 }
 
-const TYPE_TRACK: u64 = 0;
-const TYPE_ARTIST: u64 = 1;
-const TYPE_ALBUM: u64 = 2;
+const TYPE_TRACK: usize = 0;
+const TYPE_ARTIST: usize = 1;
+const TYPE_ALBUM: usize = 2;
 
 fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
@@ -152,31 +164,42 @@ fn schema() -> (Schema, Fields) {
             .set_index_option(IndexRecordOption::Basic)
             .set_fieldnorms(false),
     );
+    let mut pair = |name: &str| {
+        (
+            Some(b.add_text_field(name, text.clone())),
+            Some(b.add_text_field(&format!("{name}_prefix"), text.clone())),
+        )
+    };
+    // Roles: title (or name), artist, album.
+    let (t0, p0) = pair("track_title");
+    let (t1, p1) = pair("track_artist");
+    let (t2, p2) = pair("track_album");
+    let (a0, q0) = pair("artist_name");
+    let (l0, r0) = pair("album_name");
+    let (l1, r1) = pair("album_artist");
+    let by_type = [
+        KindFields {
+            exact: [t0, t1, t2],
+            prefix: [p0, p1, p2],
+        },
+        KindFields {
+            exact: [a0, None, None],
+            prefix: [q0, None, None],
+        },
+        KindFields {
+            exact: [l0, l1, None],
+            prefix: [r0, r1, None],
+        },
+    ];
     let fields = Fields {
         doc_key: b.add_text_field("doc_key", STRING),
-        doc_type: b.add_u64_field("doc_type", FAST),
-        kind: b.add_text_field("kind", STRING),
-        id: b.add_text_field("id", STORED),
+        kind: b.add_u64_field(KIND_FIELD, FAST),
+        id: b.add_text_field("id", TextOptions::default().set_stored().set_fast(None)),
         display: b.add_text_field("display", STORED),
-        exact: [
-            b.add_text_field("title", text.clone()),
-            b.add_text_field("artist", text.clone()),
-            b.add_text_field("album", text.clone()),
-        ],
-        prefix: [
-            b.add_text_field("title_prefix", text.clone()),
-            b.add_text_field("artist_prefix", text.clone()),
-            b.add_text_field("album_prefix", text),
-        ],
+        by_type,
     };
     (b.build(), fields)
 }
-
-/// Scores of a term matching exactly, by prefix and by typo, in the title,
-/// artist and album fields.
-const EXACT_SCORES: [f32; 3] = [90.0, 80.0, 70.0];
-const PREFIX_SCORES: [f32; 3] = [60.0, 50.0, 40.0];
-const FUZZY_SCORES: [f32; 3] = [30.0, 20.0, 10.0];
 
 /// One search hit.
 #[derive(Debug, Clone, Serialize)]
@@ -262,6 +285,22 @@ fn open_index(dir: &Path) -> Result<(Index, Fields), SearchError> {
         source,
     };
     std::fs::create_dir_all(dir).map_err(dir_err)?;
+    let version_file = dir.join(SCHEMA_VERSION_FILE);
+    let version = std::fs::read_to_string(&version_file).ok();
+    let current = version.as_deref().map(str::trim) == Some(SCHEMA_VERSION.to_string().as_str());
+    if !current && dir.join("meta.json").exists() {
+        // Written under another schema or analysis: derived data, so it is
+        // thrown away and rebuilt from the store (the indexer finds no
+        // payload and rebuilds).
+        tracing::warn!(
+            found = version.as_deref().map(str::trim).unwrap_or("none"),
+            want = SCHEMA_VERSION,
+            dir = %dir.display(),
+            "search index of another schema version; rebuilding it"
+        );
+        std::fs::remove_dir_all(dir).map_err(dir_err)?;
+        std::fs::create_dir_all(dir).map_err(dir_err)?;
+    }
     let (schema, fields) = schema();
     let opened = tantivy::directory::MmapDirectory::open(dir)
         .map_err(SearchError::from)
@@ -278,6 +317,10 @@ fn open_index(dir: &Path) -> Result<(Index, Fields), SearchError> {
             Index::open_or_create(d, schema)?
         }
     };
+    // Also after a damaged index was thrown away (the file with it).
+    if std::fs::read_to_string(&version_file).ok().as_deref() != Some(&SCHEMA_VERSION.to_string()) {
+        std::fs::write(&version_file, SCHEMA_VERSION.to_string()).map_err(dir_err)?;
+    }
     index.tokenizers().register(
         TOKENIZER,
         TextAnalyzer::builder(WhitespaceTokenizer::default()).build(),
@@ -438,76 +481,9 @@ impl SearchIndex {
         }
     }
 
-    fn term_clause(&self, t: &analyze::QueryTerm, fuzzy: bool) -> Box<dyn Query> {
-        let f = &self.fields;
-        let mut disjuncts: Vec<Box<dyn Query>> = Vec::new();
-        for i in 0..3 {
-            let exact = Term::from_field_text(f.exact[i], &t.text);
-            disjuncts.push(Box::new(ConstScoreQuery::new(
-                Box::new(TermQuery::new(exact.clone(), IndexRecordOption::Basic)),
-                EXACT_SCORES[i],
-            )));
-            if t.prefix {
-                let p = Term::from_field_text(f.prefix[i], &t.text);
-                disjuncts.push(Box::new(ConstScoreQuery::new(
-                    Box::new(TermQuery::new(p, IndexRecordOption::Basic)),
-                    PREFIX_SCORES[i],
-                )));
-            }
-            if fuzzy && t.fuzzy_distance > 0 {
-                disjuncts.push(Box::new(ConstScoreQuery::new(
-                    Box::new(FuzzyTermQuery::new(exact, t.fuzzy_distance, true)),
-                    FUZZY_SCORES[i],
-                )));
-            }
-        }
-        Box::new(DisjunctionMaxQuery::new(disjuncts))
-    }
-
-    fn build_query(
-        &self,
-        words: &[analyze::QueryWord],
-        kind: Option<Kind>,
-        fuzzy: bool,
-    ) -> Option<Box<dyn Query>> {
-        if words.is_empty() {
-            return None;
-        }
-        let mut must: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        for word in words {
-            let alternatives: Vec<Box<dyn Query>> = word
-                .iter()
-                .map(|alt| {
-                    let terms: Vec<(Occur, Box<dyn Query>)> = alt
-                        .iter()
-                        .map(|t| (Occur::Must, self.term_clause(t, fuzzy)))
-                        .collect();
-                    // The mean, not the sum: "ac/dc" as one joined term and
-                    // as two parts weighs the same.
-                    let q: Box<dyn Query> = Box::new(BooleanQuery::new(terms));
-                    Box::new(BoostQuery::new(q, 1.0 / alt.len().max(1) as f32)) as Box<dyn Query>
-                })
-                .collect();
-            must.push((
-                Occur::Must,
-                Box::new(DisjunctionMaxQuery::new(alternatives)),
-            ));
-        }
-        if let Some(kind) = kind {
-            let term = Term::from_field_text(self.fields.kind, kind_str(kind));
-            must.push((
-                Occur::Must,
-                Box::new(ConstScoreQuery::new(
-                    Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
-                    0.0,
-                )),
-            ));
-        }
-        Some(Box::new(BooleanQuery::new(must)))
-    }
-
     /// Ranked tracks, artists and albums for `q` (at most `limit` of each),
-    /// optionally only of `kind`.
+    /// optionally only of `kind`. Each list is evaluated by score tiers
+    /// straight on its own postings ([`query`]), and stops when full.
     pub fn search(
         &self,
         q: &str,
@@ -516,141 +492,26 @@ impl SearchIndex {
     ) -> Result<SearchResults, SearchError> {
         let limit = limit.clamp(1, SEARCH_LIMIT_MAX);
         let words = analyze::query_words(q);
-        // Exact and prefix matches first: a typo match scores below any
-        // exact or prefix match of the same term, so when those already
-        // fill every list the (costlier) typo terms are skipped. A query of
-        // several words can in principle lose a hit that needed a typo
-        // match for one word while scoring above the last hit kept; the
-        // lists are full of better-or-equal matches of the other words then.
-        if let [word] = words.as_slice() {
-            if let [alternative] = word.as_slice() {
-                if let [term] = alternative.as_slice() {
-                    return self.run_single_term(term, kind, limit);
-                }
-            }
-        }
-        let first = self.run(&words, kind, limit, false)?;
-        let full = |r: &SearchResults| {
-            r.tracks.len() >= limit && r.artists.len() >= limit && r.albums.len() >= limit
-        };
-        let fuzzy_possible = words
-            .iter()
-            .flatten()
-            .flatten()
-            .any(|t| t.fuzzy_distance > 0);
-        if full(&first) || !fuzzy_possible {
-            return Ok(first);
-        }
-        self.run(&words, kind, limit, true)
-    }
-
-    fn run(
-        &self,
-        words: &[analyze::QueryWord],
-        kind: Option<Kind>,
-        limit: usize,
-        fuzzy: bool,
-    ) -> Result<SearchResults, SearchError> {
-        let Some(query) = self.build_query(words, kind, fuzzy) else {
+        if words.is_empty() {
             return Ok(SearchResults::default());
-        };
+        }
+        let dfas = query::typo_automata(&words);
         let searcher = self.reader.searcher();
+        let filter = query::Filter {
+            kind_code: kind.map(kind_code),
+        };
         // Twice the limit, so that popularity can reorder ties at the edge.
-        let top = |doc_type: u64| {
-            FilterCollector::new(
-                "doc_type".to_owned(),
-                move |t: u64| t == doc_type,
-                TopDocs::with_limit(limit * 2),
-            )
-        };
-        let (tracks, artists, albums) = searcher.search(
-            &query,
-            &(top(TYPE_TRACK), top(TYPE_ARTIST), top(TYPE_ALBUM)),
-        )?;
-        self.materialize(&searcher, [tracks, artists, albums], limit)
-    }
-
-    /// One word of one term: the tiers (exact title, exact artist, ...,
-    /// typo album) in score order, each one cheap term lookup, stopping as
-    /// soon as every list is full. A document's score is its best tier, so
-    /// this ranks exactly as the general query does, without scoring every
-    /// match of every tier (a short prefix can match much of the catalogue).
-    fn run_single_term(
-        &self,
-        t: &analyze::QueryTerm,
-        kind: Option<Kind>,
-        limit: usize,
-    ) -> Result<SearchResults, SearchError> {
-        let searcher = self.reader.searcher();
         let want = limit * 2;
-        let f = &self.fields;
-        let mut tiers: Vec<(Box<dyn Query>, f32)> = Vec::new();
-        for (field, score) in f.exact.into_iter().zip(EXACT_SCORES) {
-            let exact = Term::from_field_text(field, &t.text);
-            tiers.push((
-                Box::new(TermQuery::new(exact, IndexRecordOption::Basic)),
-                score,
-            ));
-        }
-        if t.prefix {
-            for (field, score) in f.prefix.into_iter().zip(PREFIX_SCORES) {
-                let p = Term::from_field_text(field, &t.text);
-                tiers.push((Box::new(TermQuery::new(p, IndexRecordOption::Basic)), score));
-            }
-        }
-        if t.fuzzy_distance > 0 {
-            for (field, score) in f.exact.into_iter().zip(FUZZY_SCORES) {
-                let exact = Term::from_field_text(field, &t.text);
-                tiers.push((
-                    Box::new(FuzzyTermQuery::new(exact, t.fuzzy_distance, true)),
-                    score,
-                ));
-            }
-        }
         let mut lists: [Vec<(f32, tantivy::DocAddress)>; 3] = Default::default();
-        let mut seen = std::collections::HashSet::new();
-        for (tier, score) in tiers {
-            if lists.iter().all(|l| l.len() >= want) {
-                break;
-            }
-            let mut must: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, tier)];
-            if let Some(kind) = kind {
-                let term = Term::from_field_text(f.kind, kind_str(kind));
-                must.push((
-                    Occur::Must,
-                    Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
-                ));
-            }
-            let query = BooleanQuery::new(must);
-            // Room for the documents higher tiers already took.
-            let top = |doc_type: u64, taken: usize| {
-                FilterCollector::new(
-                    "doc_type".to_owned(),
-                    move |t: u64| t == doc_type,
-                    TopDocs::with_limit(want + taken),
-                )
-            };
-            let found = searcher.search(
-                &query,
-                &(
-                    top(TYPE_TRACK, lists[0].len()),
-                    top(TYPE_ARTIST, lists[1].len()),
-                    top(TYPE_ALBUM, lists[2].len()),
-                ),
-            )?;
-            for (list, hits) in lists.iter_mut().zip([found.0, found.1, found.2]) {
-                for (_, addr) in hits {
-                    if list.len() < want && seen.insert(addr) {
-                        list.push((score, addr));
-                    }
-                }
-            }
+        for (list, fields) in lists.iter_mut().zip(&self.fields.by_type) {
+            *list = query::top_documents(&searcher, fields, &words, &dfas, &filter, want)?;
         }
         self.materialize(&searcher, lists, limit)
     }
 
     /// Hits with their stored items, ordered by score, then popularity,
-    /// then id, `limit` of each kind.
+    /// then id, `limit` of each kind. Ids come from the fast field; only
+    /// the hits returned are read from the doc store.
     fn materialize(
         &self,
         searcher: &tantivy::Searcher,
@@ -662,6 +523,24 @@ impl SearchIndex {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let id_columns = searcher
+            .segment_readers()
+            .iter()
+            .map(|s| s.fast_fields().str("id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let id_of = |addr: tantivy::DocAddress| -> Result<String, SearchError> {
+            let mut id = String::new();
+            if let Some(col) = id_columns
+                .get(addr.segment_ord as usize)
+                .and_then(Option::as_ref)
+            {
+                if let Some(ord) = col.term_ords(addr.doc_id).next() {
+                    col.ord_to_str(ord, &mut id)
+                        .map_err(|e| SearchError::Index(e.into()))?;
+                }
+            }
+            Ok(id)
+        };
         let mut out = SearchResults::default();
         for (list, hits, with_popularity) in [
             (&mut out.tracks, tracks, true),
@@ -670,39 +549,39 @@ impl SearchIndex {
         ] {
             let mut ranked = Vec::with_capacity(hits.len());
             for (score, addr) in hits {
+                let id = id_of(addr)?;
+                let plays = match (&popularity, with_popularity) {
+                    (Some(p), true) => p.plays(&id),
+                    _ => 0,
+                };
+                ranked.push((score, plays, id, addr));
+            }
+            ranked.sort_by(|a, b| {
+                b.0.total_cmp(&a.0)
+                    .then(b.1.cmp(&a.1))
+                    .then_with(|| a.2.cmp(&b.2))
+            });
+            for (score, _, id, addr) in ranked.into_iter().take(limit) {
                 let doc: TantivyDocument = searcher.doc(addr)?;
-                let id = doc
-                    .get_first(self.fields.id)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("")
-                    .to_owned();
                 let item = doc
                     .get_first(self.fields.display)
                     .and_then(|v| v.as_str())
                     .and_then(|s| serde_json::from_str(s).ok())
                     .unwrap_or(serde_json::Value::Null);
-                let plays = match (&popularity, with_popularity) {
-                    (Some(p), true) => p.plays(&id),
-                    _ => 0,
-                };
-                ranked.push((score, plays, Hit { id, score, item }));
+                list.push(Hit { id, score, item });
             }
-            ranked.sort_by(|a, b| {
-                b.0.total_cmp(&a.0)
-                    .then(b.1.cmp(&a.1))
-                    .then_with(|| a.2.id.cmp(&b.2.id))
-            });
-            list.extend(ranked.into_iter().take(limit).map(|(_, _, h)| h));
         }
         Ok(out)
     }
 }
 
-fn kind_str(kind: Kind) -> &'static str {
+/// The code of a kind in the `kind` fast field (part of the schema: a
+/// change is a [`SCHEMA_VERSION`] change).
+fn kind_code(kind: Kind) -> u64 {
     match kind {
-        Kind::Song => "song",
-        Kind::Podcast => "podcast",
-        Kind::Story => "story",
+        Kind::Song => 0,
+        Kind::Podcast => 1,
+        Kind::Story => 2,
     }
 }
 
@@ -717,7 +596,7 @@ impl DocWriter {
     fn add(
         &mut self,
         doc_key: &str,
-        doc_type: u64,
+        doc_type: usize,
         kind: Kind,
         id: &str,
         display: &str,
@@ -726,11 +605,19 @@ impl DocWriter {
         let f = self.fields;
         let mut doc = TantivyDocument::default();
         doc.add_text(f.doc_key, doc_key);
-        doc.add_u64(f.doc_type, doc_type);
-        doc.add_text(f.kind, kind_str(kind));
+        doc.add_u64(f.kind, kind_code(kind));
         doc.add_text(f.id, id);
         doc.add_text(f.display, display);
-        for ((text, exact_field), prefix_field) in texts.iter().zip(f.exact).zip(f.prefix) {
+        let by_role = f.by_type[doc_type];
+        for ((text, exact_field), prefix_field) in
+            texts.iter().zip(by_role.exact).zip(by_role.prefix)
+        {
+            let (Some(exact_field), Some(prefix_field)) = (exact_field, prefix_field) else {
+                continue;
+            };
+            if text.is_empty() {
+                continue;
+            }
             let (exact, prefixes) = analyze::document_terms(text);
             doc.add_text(exact_field, exact.join(" "));
             doc.add_text(prefix_field, prefixes.join(" "));
