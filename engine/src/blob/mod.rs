@@ -33,6 +33,7 @@ mod bufpool;
 pub mod checkpoint;
 mod index;
 mod maintenance;
+pub mod mapped;
 pub mod record;
 mod recovery;
 mod store;

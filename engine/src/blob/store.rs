@@ -55,7 +55,7 @@ pub(crate) struct Segment {
     pub live_bytes: u64,
     /// A read-only map of the file (see [`BlobStore::open_dir`]), covering
     /// `segment_size_bytes_max` bytes so it stays valid as the head grows.
-    pub map: Option<Arc<memmap2::Mmap>>,
+    pub map: Option<Arc<super::mapped::SegmentMap>>,
 }
 
 /// Everything the write lock guards.
@@ -245,14 +245,14 @@ pub(crate) struct Inner {
 
 /// A range of a segment map, as the owner of a `Bytes`.
 struct MapSlice {
-    map: Arc<memmap2::Mmap>,
+    map: Arc<super::mapped::SegmentMap>,
     start: usize,
     end: usize,
 }
 
 impl AsRef<[u8]> for MapSlice {
     fn as_ref(&self) -> &[u8] {
-        &self.map[self.start..self.end]
+        &self.map.bytes()[self.start..self.end]
     }
 }
 
@@ -469,21 +469,11 @@ impl Inner {
 
     /// Maps segment `name` read-only when mapped reads are on; `None` (reads
     /// then use `pread`) when they are off or mapping fails.
-    fn map_segment(&self, name: &str) -> Option<Arc<memmap2::Mmap>> {
+    fn map_segment(&self, name: &str) -> Option<Arc<super::mapped::SegmentMap>> {
         let dir = self.mmap_dir.as_ref()?;
-        let file = std::fs::File::open(dir.join(name)).ok()?;
         let len = usize::try_from(self.config.segment_size_bytes_max).ok()?;
-        // SAFETY: the map is only ever read below the segment's logical
-        // length, and those bytes are never modified or truncated while the
-        // store is open (segments are append-only; truncations cut only
-        // bytes past the logical length, and torn tails are cut at open,
-        // before any map exists). Removing the file leaves the map valid.
-        // Mapping past the end of the file is allowed; those pages are
-        // never touched. Another process writing the store's files breaks
-        // this, as it breaks every other guarantee of the store.
-        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) };
-        match map {
-            Ok(m) => Some(Arc::new(m)),
+        match super::mapped::SegmentMap::open(&dir.join(name), len) {
+            Ok(m) => Some(m),
             Err(error) => {
                 tracing::warn!(%error, name, "cannot map segment; reading it with pread");
                 None
@@ -696,9 +686,10 @@ impl Inner {
             self.note_corruption(Error::corruption(&name, Some(entry.segment), offset, why))
         };
         let payload_at = entry.offset + head_len as u64;
-        if let Some(map) = map.filter(|m| record_end <= m.len() as u64) {
+        if let Some(map) = map.filter(|m| record_end <= m.bytes().len() as u64) {
+            let bytes = map.bytes();
             let base = entry.offset as usize;
-            let block = check_chunk_head(id, &entry, &map[base..base + head_len], &corrupt)?;
+            let block = check_chunk_head(id, &entry, &bytes[base..base + head_len], &corrupt)?;
             if start == end {
                 return Ok(Bytes::new());
             }
@@ -706,8 +697,8 @@ impl Inner {
             let p = payload_at as usize;
             check_blocks(
                 id,
-                &map[base + record::HEADER_LEN..base + head_len],
-                &map[p + data_start as usize..p + data_end as usize],
+                &bytes[base + record::HEADER_LEN..base + head_len],
+                &bytes[p + data_start as usize..p + data_end as usize],
                 data_start / block,
                 block,
                 payload_at,
@@ -800,7 +791,18 @@ fn check_blocks(
     payload_at: u64,
     corrupt: &dyn Fn(u64, String) -> Error,
 ) -> Result<(), Error> {
-    for (i, piece) in data.chunks(block as usize).enumerate() {
+    // Checking reads memory once, like the copy `pread` makes, but a CRC
+    // loop over 4 KiB blocks gives the hardware prefetcher (which stops at
+    // page boundaries) nothing to go on, so a read from DRAM ran at about
+    // 60% of `pread`'s speed. Asking for the next blocks ahead of the one
+    // being checked keeps the memory system busy.
+    const AHEAD_BLOCKS: usize = 2;
+    let bs = block as usize;
+    prefetch(&data[..data.len().min(AHEAD_BLOCKS * bs)]);
+    for (i, piece) in data.chunks(bs).enumerate() {
+        if let Some(next) = data.chunks(bs).nth(i + AHEAD_BLOCKS) {
+            prefetch(next);
+        }
         let b = first + i as u32;
         let expected = table_entry(table, b);
         let actual = crc32fast::hash(piece);
@@ -814,6 +816,25 @@ fn check_blocks(
         }
     }
     Ok(())
+}
+
+/// Hints the CPU to bring `bytes` into cache; a no-op where unsupported.
+#[inline]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: a prefetch is only a hint: it never faults and never
+        // dereferences in a way the program can observe, and the pointer
+        // comes from a live slice.
+        unsafe {
+            core::arch::x86_64::_mm_prefetch(
+                line.as_ptr().cast::<i8>(),
+                core::arch::x86_64::_MM_HINT_T0,
+            );
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 fn segment_file(
@@ -1115,6 +1136,13 @@ impl BlobStore {
                 }
             }
         }
+    }
+
+    /// Whether reads come from memory maps ([`BlobStore::open_dir`]): their
+    /// `Bytes` are then slices of segment maps, which
+    /// [`super::mapped::mapped_source`] can trace back to the file.
+    pub fn is_mapped(&self) -> bool {
+        self.inner.mmap_dir.is_some()
     }
 
     /// Counts and space accounting.
