@@ -193,7 +193,10 @@ pub async fn run(
             let _permit = permit;
             match tls {
                 None => {
-                    let io = TokioIo::new(IdleIo::new(stream, idle));
+                    let io = TokioIo::new(IdleIo::new(
+                        crate::http::sendfile::SendfileStream::new(stream),
+                        idle,
+                    ));
                     let conn = builder.serve_connection(io, service);
                     if let Err(error) = watcher.watch(conn).await {
                         tracing::debug!(%peer, error = %error, "connection ended with an error");

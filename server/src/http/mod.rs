@@ -7,6 +7,7 @@ pub mod cache;
 pub mod plan;
 pub mod precondition;
 pub mod range;
+pub mod sendfile;
 
 pub use blob::serve_blob;
 pub use body::Body;

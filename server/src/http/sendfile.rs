@@ -1,0 +1,288 @@
+//! A plain-TCP connection whose vectored writes send mapped blob bytes with
+//! `sendfile(2)`, so serving a range costs no copy of the body in user space
+//! or into socket buffers.
+//!
+//! hyper writes a response as `IoSlice`s that point at the buffers it was
+//! given: the head it encoded, then the body's `Bytes`. When the blob store
+//! is mapped, those body `Bytes` are slices of segment maps, verified by the
+//! store on this read. [`SendfileStream::poll_write_vectored`] asks
+//! [`mapped_source`] whether a slice is such a map; if so, it hands the
+//! kernel the same bytes by file and offset (`sendfile`) instead of copying
+//! them (`writev`). Anything else (heads, JSON, heap buffers, small slices)
+//! goes out with `writev` as before.
+//!
+//! **Invariants:**
+//! - A call returns how many leading bytes of `bufs` it wrote, in order,
+//!   exactly as `writev` would; a slice is never reordered or skipped.
+//! - The bytes sent by `sendfile` are the slice's bytes: the map shows the
+//!   file at the same offsets and segment bytes do not change (see
+//!   [`spindle_engine::blob::mapped`]). The kernel reads them from the page
+//!   cache at send time, moments after the store verified them there.
+//! - The head before a mapped body goes out with `MSG_MORE`, so head and
+//!   body leave in the same segments, as one `writev` would send them.
+//! - If `sendfile` is refused (`EINVAL`, `ENOSYS`: a file system without
+//!   it), the stream falls back to copying for the rest of its life.
+
+use std::io::{self, IoSlice};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{ready, Context, Poll};
+
+use spindle_engine::blob::mapped::mapped_source;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Slices shorter than this are copied: below it the registry lookup and
+/// the extra system call cost more than the copy they save.
+pub const SENDFILE_MIN_BYTES: usize = 16 * 1024;
+
+/// Bytes sent with `sendfile` by every stream of the process (for
+/// `/metrics`: it shows whether serving is zero-copy).
+pub static SENDFILE_BYTES_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// A TCP stream that sends mapped blob bytes with `sendfile`.
+#[derive(Debug)]
+pub struct SendfileStream {
+    inner: TcpStream,
+    /// Off once the kernel refused `sendfile` for this connection.
+    enabled: bool,
+}
+
+impl SendfileStream {
+    pub fn new(inner: TcpStream) -> Self {
+        SendfileStream {
+            inner,
+            enabled: true,
+        }
+    }
+
+    fn is_mapped(&self, buf: &[u8]) -> bool {
+        self.enabled && buf.len() >= SENDFILE_MIN_BYTES && mapped_source(buf).is_some()
+    }
+
+    /// One `sendfile` of (a prefix of) `buf`, a mapped slice.
+    fn poll_sendfile(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let Some(source) = mapped_source(buf) else {
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        };
+        let Ok(mut offset) = libc::off_t::try_from(source.offset()) else {
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        };
+        let socket = self.inner.as_raw_fd();
+        let file = source.file().as_raw_fd();
+        loop {
+            ready!(self.inner.poll_write_ready(cx))?;
+            let sent = self.inner.try_io(Interest::WRITABLE, || {
+                // SAFETY: both descriptors are open for the whole call (the
+                // stream is borrowed, the file is kept by `source`), and
+                // `offset` is a valid, exclusively borrowed off_t.
+                let n = unsafe { libc::sendfile(socket, file, &mut offset, buf.len()) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match sent {
+                Ok(0) => {
+                    // The file ended before the slice did: cannot happen for a
+                    // live map; copy rather than report a zero-length write.
+                    self.enabled = false;
+                    return Pin::new(&mut self.inner).poll_write(cx, buf);
+                }
+                Ok(n) => {
+                    SENDFILE_BYTES_TOTAL.fetch_add(n as u64, Ordering::Relaxed);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                    tracing::warn!(error = %e, "sendfile refused; copying instead");
+                    self.enabled = false;
+                    return Pin::new(&mut self.inner).poll_write(cx, buf);
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// `sendmsg` of `bufs` with `MSG_MORE`: more (the mapped body) follows.
+    fn poll_write_more(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let socket = self.inner.as_raw_fd();
+        loop {
+            ready!(self.inner.poll_write_ready(cx))?;
+            let sent = self.inner.try_io(Interest::WRITABLE, || {
+                // SAFETY: `IoSlice` is guaranteed ABI-compatible with
+                // `iovec` on Unix; the slices outlive the call; the header
+                // is zeroed and then given only those iovecs.
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+                msg.msg_iovlen = bufs.len() as _;
+                let n = unsafe { libc::sendmsg(socket, &msg, libc::MSG_MORE | libc::MSG_NOSIGNAL) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+}
+
+impl AsyncRead for SendfileStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SendfileStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.is_mapped(buf) {
+            return this.poll_sendfile(cx, buf);
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let bufs = {
+            let skip = bufs.iter().take_while(|b| b.is_empty()).count();
+            &bufs[skip..]
+        };
+        let Some(first) = bufs.first() else {
+            return Poll::Ready(Ok(0));
+        };
+        if this.is_mapped(first) {
+            return this.poll_sendfile(cx, first);
+        }
+        // Copy everything up to the first mapped slice; if one follows, say
+        // so, so the kernel holds the head back for the body.
+        match bufs.iter().position(|b| this.is_mapped(b)) {
+            Some(n) => this.poll_write_more(cx, &bufs[..n]),
+            None => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spindle_engine::blob::{BlobConfig, BlobStore};
+    use spindle_engine::io::BackendChoice;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Writes `parts` through a `SendfileStream` (as hyper would: vectored
+    /// writes until all is sent) and returns what the peer received.
+    async fn send(parts: Vec<bytes::Bytes>) -> Vec<u8> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reader = tokio::spawn(async move {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let (server, _) = listener.accept().await.unwrap();
+        let mut s = SendfileStream::new(server);
+        let mut queue: std::collections::VecDeque<bytes::Bytes> = parts.into();
+        while !queue.is_empty() {
+            let slices: Vec<IoSlice<'_>> = queue.iter().map(|b| IoSlice::new(b)).collect();
+            let mut n = s.write_vectored(&slices).await.unwrap();
+            assert!(n > 0);
+            while n > 0 {
+                let front = queue.front_mut().unwrap();
+                if n >= front.len() {
+                    n -= front.len();
+                    queue.pop_front();
+                } else {
+                    bytes::Buf::advance(front, n);
+                    n = 0;
+                }
+            }
+        }
+        s.shutdown().await.unwrap();
+        reader.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn mapped_bodies_go_by_sendfile_and_arrive_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BlobConfig {
+            chunk_size_bytes: 256 * 1024,
+            ..BlobConfig::default()
+        };
+        let store = BlobStore::open_dir(dir.path(), BackendChoice::Portable, config).unwrap();
+        assert!(store.is_mapped());
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let id = store.put(&data).unwrap().id;
+        // A range across chunks: two mapped pieces, between a head and a
+        // small heap tail, as a response would be.
+        let range = 200_000..700_123u64;
+        let pieces: Vec<bytes::Bytes> = store
+            .read_range(&id, range.clone())
+            .unwrap()
+            .map(|p| p.unwrap())
+            .collect();
+        assert!(pieces.len() >= 2);
+        assert!(pieces.iter().all(|p| mapped_source(p).is_some()));
+        let head = bytes::Bytes::from_static(b"HTTP/1.1 206 Partial Content\r\n\r\n");
+        let tail = bytes::Bytes::from(vec![7u8; 100]);
+        let mut parts = vec![head.clone()];
+        parts.extend(pieces);
+        parts.push(tail.clone());
+        let before = SENDFILE_BYTES_TOTAL.load(Ordering::Relaxed);
+        let got = send(parts).await;
+        let mut want = head.to_vec();
+        want.extend_from_slice(&data[range.start as usize..range.end as usize]);
+        want.extend_from_slice(&tail);
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "bytes differ");
+        let by_sendfile = SENDFILE_BYTES_TOTAL.load(Ordering::Relaxed) - before;
+        assert!(
+            by_sendfile >= range.end - range.start,
+            "only {by_sendfile} bytes went by sendfile"
+        );
+    }
+
+    #[tokio::test]
+    async fn heap_bodies_are_copied() {
+        let body = bytes::Bytes::from(vec![3u8; 300_000]);
+        assert!(mapped_source(&body).is_none());
+        let got = send(vec![bytes::Bytes::from_static(b"head"), body.clone()]).await;
+        assert_eq!(&got[..4], b"head");
+        assert!(got[4..] == body[..]);
+    }
+}
