@@ -15,7 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use spindle_tests::{read_one_response, Server, ServerOptions};
+use spindle_tests::{read_one_response, spindle_bin, Server, ServerOptions};
 
 fn upload_status(server: &Server, len: usize) -> u16 {
     let token = format!("Bearer {}", server.creator_token());
@@ -197,6 +197,12 @@ fn metrics_are_prometheus_text_with_the_promised_series() {
     let server = Server::start();
     assert_eq!(server.request("GET", "/healthz", &[], b"").status, 200);
     assert_eq!(server.request("GET", "/nope", &[], b"").status, 404);
+    assert_eq!(
+        server.request("GET", "/v1/search?q=x", &[], b"").status,
+        200
+    );
+    assert_eq!(server.request("GET", "/v1/genres", &[], b"").status, 200);
+    assert_eq!(server.request("GET", "/", &[], b"").status, 200);
     let r = server.request("GET", "/metrics", &[], b"");
     assert_eq!(r.status, 200);
     assert!(r
@@ -207,6 +213,9 @@ fn metrics_are_prometheus_text_with_the_promised_series() {
     for needle in [
         "spindle_http_requests_total{route=\"/healthz\",status=\"200\"} 1",
         "spindle_http_requests_total{route=\"unmatched\",status=\"404\"} 1",
+        "spindle_http_requests_total{route=\"GET /v1/search\",status=\"200\"} 1",
+        "spindle_http_requests_total{route=\"GET /v1/{genres,artists,albums}/*\",status=\"200\"} 1",
+        "spindle_http_requests_total{route=\"web player\",status=\"200\"} 1",
         "spindle_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"+Inf\"} 1",
         "spindle_http_response_body_bytes_total ",
         "spindle_uploads_accepted_total 0",
@@ -277,4 +286,36 @@ fn tls_offers_h2_and_http11_via_alpn() {
             "curl {flag}: {stdout}"
         );
     }
+}
+
+#[test]
+fn a_data_directory_serves_one_process_at_a_time() {
+    let server = Server::start();
+    let dir = server.data_dir.to_str().unwrap().to_owned();
+    // A second server on the same directory stops at once and says why.
+    let second = Command::new(spindle_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", &dir])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "second server ran: {stderr}");
+    assert!(
+        stderr.contains("in use by another spindle process")
+            && stderr.contains(&format!("pid {}", server.pid())),
+        "{stderr}"
+    );
+    // So does a reindex, which would race the running indexer.
+    let reindex = Command::new(spindle_bin())
+        .args(["reindex", "--data-dir", &dir])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&reindex.stderr);
+    assert!(!reindex.status.success(), "reindex ran: {stderr}");
+    assert!(
+        stderr.contains("in use by another spindle process"),
+        "{stderr}"
+    );
+    // The first server never noticed.
+    assert_eq!(server.request("GET", "/healthz", &[], b"").status, 200);
 }

@@ -57,6 +57,8 @@ pub enum OpenError {
     Discovery(#[from] crate::catalog::http::DiscoveryError),
     #[error("charts: {0}")]
     Charts(#[from] crate::charts::ChartsError),
+    #[error("{0}")]
+    Locked(#[from] crate::dirlock::LockError),
 }
 
 /// Everything a request handler needs. Shared by all connections.
@@ -76,6 +78,9 @@ pub struct App {
     /// The in-process transcode pool (started by [`App::open`], stopped
     /// when the app is dropped: in-flight jobs are cancelled and redelivered).
     pub workers: crate::worker::Pool,
+    /// Keeps other processes out of the data directory; declared last so it
+    /// is released after everything above has shut down.
+    _lock: crate::dirlock::DirLock,
 }
 
 impl std::fmt::Debug for App {
@@ -96,23 +101,27 @@ impl App {
             move |source| OpenError::Dir { path, source }
         };
         std::fs::create_dir_all(&config.data_dir).map_err(dir_err(&config.data_dir))?;
+        let lock = crate::dirlock::DirLock::acquire(&config.data_dir)?;
         let blob_dir = config.data_dir.join("blobs");
         let meta_dir = config.data_dir.join("meta");
-        let blob_storage =
-            open_storage(&blob_dir, config.io_backend).map_err(dir_err(&blob_dir))?;
         let meta_storage =
             open_storage(&meta_dir, config.io_backend).map_err(dir_err(&meta_dir))?;
         let blob_config = BlobConfig {
             segment_size_bytes_max: config.blob_segment_size_bytes_max,
             ..BlobConfig::default()
         };
-        let blobs = BlobStore::open(blob_storage, blob_config)?;
+        std::fs::create_dir_all(&blob_dir).map_err(dir_err(&blob_dir))?;
+        // Mapped: range reads verify page-cache bytes in place and the
+        // connection sends them with sendfile (see `http::sendfile`).
+        let blobs = BlobStore::open_dir(&blob_dir, config.io_backend, blob_config)?;
         let meta = MetaStore::open(meta_storage, MetaConfig::default(), Arc::new(SystemClock))?;
         let queue = Queue::new(&meta, TRANSCODE_QUEUE, QueueConfig::default())?;
         let (tokens, new_tokens) = Tokens::load_or_create(&meta, &config.tokens_path())?;
         let discovery = crate::catalog::http::Discovery::open(&meta, &config.data_dir)?;
         let charts_config = crate::charts::ChartsConfig::from_env(std::env::vars())?;
         let charts = Arc::new(crate::charts::Charts::start(&meta, charts_config)?);
+        // Search breaks ties between equally good matches by all-time plays.
+        discovery.index().set_popularity(charts.clone());
         let workers = crate::worker::Pool::start(
             crate::worker::Deps {
                 blobs: blobs.clone(),
@@ -132,6 +141,7 @@ impl App {
             discovery,
             ready: AtomicBool::new(false),
             workers,
+            _lock: lock,
         };
         Ok((app, new_tokens))
     }
@@ -173,10 +183,9 @@ impl App {
             };
             return (Route::Blob, response);
         }
-        // The web player's embedded assets (`/`, `/assets/*`); counted as
-        // unmatched until the metrics have a route label of their own.
+        // The web player's embedded assets (`/`, `/assets/*`).
         if let Some(response) = crate::web::serve(req.method(), path, req.headers()) {
-            return (Route::Unmatched, response);
+            return (Route::Web, response);
         }
         if crate::worker::remote::is_jobs_path(path) {
             let response = crate::worker::remote::handle(self.clone(), req).await;
@@ -195,8 +204,8 @@ impl App {
             ["v1", "tracks", _, "stream"] => (Route::TrackStream, "GET, HEAD"),
             ["v1", "admin", "stats"] => (Route::Admin, "GET, HEAD"),
             ["v1", "admin", "compact"] => (Route::Admin, "POST"),
-            // Counted as unmatched until metrics::Route has discovery routes.
-            s if crate::catalog::http::is_discovery_path(s) => (Route::Unmatched, "GET, HEAD"),
+            ["v1", "search"] => (Route::Search, "GET, HEAD"),
+            s if crate::catalog::http::is_discovery_path(s) => (Route::Catalog, "GET, HEAD"),
             ["v1", "plays"] => (Route::Plays, "POST"),
             ["v1", "charts", "top"] => (Route::ChartsTop, "GET, HEAD"),
             _ => {

@@ -19,6 +19,7 @@ pub mod cache;
 pub mod catalog;
 pub mod charts;
 pub mod config;
+pub mod dirlock;
 pub mod error;
 pub mod http;
 pub mod metrics;

@@ -26,11 +26,17 @@ pub enum Route {
     Admin,
     Plays,
     ChartsTop,
+    /// `GET /v1/genres`, `/v1/genres/{g}/tracks`, `/v1/artists[/{id}]`,
+    /// `/v1/albums/{id}`.
+    Catalog,
+    Search,
+    /// The web player's page and embedded assets.
+    Web,
     Unmatched,
 }
 
 impl Route {
-    const ALL: [Route; 12] = [
+    const ALL: [Route; 15] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -42,6 +48,9 @@ impl Route {
         Route::Admin,
         Route::Plays,
         Route::ChartsTop,
+        Route::Catalog,
+        Route::Search,
+        Route::Web,
         Route::Unmatched,
     ];
 
@@ -59,6 +68,9 @@ impl Route {
             Route::Admin => "/v1/admin/*",
             Route::Plays => "POST /v1/plays",
             Route::ChartsTop => "GET /v1/charts/top",
+            Route::Catalog => "GET /v1/{genres,artists,albums}/*",
+            Route::Search => "GET /v1/search",
+            Route::Web => "web player",
             Route::Unmatched => "unmatched",
         }
     }
@@ -191,11 +203,16 @@ impl Metrics {
                 "spindle_http_request_duration_seconds_count{{route=\"{label}\"}} {cumulative}"
             );
         }
-        let counters: [(&str, &str, u64); 5] = [
+        let counters: [(&str, &str, u64); 6] = [
             (
                 "spindle_http_response_body_bytes_total",
                 "Response body bytes sent (as announced by Content-Length).",
                 self.bytes_served.load(Ordering::Relaxed),
+            ),
+            (
+                "spindle_http_sendfile_bytes_total",
+                "Body bytes handed to the kernel with sendfile instead of copied.",
+                crate::http::sendfile::SENDFILE_BYTES_TOTAL.load(Ordering::Relaxed),
             ),
             (
                 "spindle_uploads_accepted_total",

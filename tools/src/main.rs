@@ -58,6 +58,12 @@ fn reindex(args: ReindexArgs) -> anyhow::Result<()> {
         .io_backend
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--io-backend: {e}"))?;
+    if !data_dir.is_dir() {
+        anyhow::bail!("no data directory at {}", data_dir.display());
+    }
+    // The same lock `serve` holds: rebuilding the index under a running
+    // server would race its indexer.
+    let _lock = spindle_server::dirlock::DirLock::acquire(&data_dir)?;
     let started = std::time::Instant::now();
     let report = spindle_server::search::reindex_data_dir(&data_dir, backend)
         .with_context(|| format!("reindexing {}", data_dir.display()))?;

@@ -158,6 +158,15 @@ impl Charts {
         self.shared.snapshot()
     }
 
+    /// All-time plays of `track_id` (32 hex digits) as last flushed; 0 when
+    /// unknown. Search breaks ties with it.
+    pub fn all_time_plays(&self, track_id: &str) -> u64 {
+        match u128::from_str_radix(track_id, 16) {
+            Ok(track) if track_id.len() == 32 => worker::flushed_all_time_plays(&self.store, track),
+            _ => 0,
+        }
+    }
+
     /// The store plays are logged in.
     pub fn store(&self) -> &MetaStore {
         &self.store
@@ -272,5 +281,11 @@ impl Charts {
 impl Drop for Charts {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+impl crate::search::Popularity for Charts {
+    fn plays(&self, track_id: &str) -> u64 {
+        self.all_time_plays(track_id)
     }
 }

@@ -133,6 +133,17 @@ impl Shared {
     }
 }
 
+/// All-time plays of `track` as last flushed to `store` (the worker flushes
+/// on its interval, so this trails the live count by at most that); 0 when
+/// the track has none or the value cannot be read.
+pub fn flushed_all_time_plays(store: &MetaStore, track: u128) -> u64 {
+    let key = count_key(Period::All, track);
+    match store.get(CHARTS_KEYSPACE, &key) {
+        Ok(Some(v)) => le_u64(&key, &v).unwrap_or(0),
+        _ => 0,
+    }
+}
+
 fn count_key(period: Period, track: u128) -> [u8; 22] {
     let mut k = [0u8; 22];
     k[0] = b'c';
