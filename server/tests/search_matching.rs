@@ -75,11 +75,28 @@ fn fixture() -> &'static Fixture {
             // Popularity breaks a tie.
             (30, "Zephyr", "Wind", "Air", "Ambient"),
             (31, "Zephyr", "Breeze", "Air", "Ambient"),
+            // Several words: each word's tier counts.
+            (50, "Velvet Lumen", "Someone", "Somewhere", "Ambient"),
+            (51, "Velvet Lumenous", "Someone", "Somewhere", "Ambient"),
+            (52, "Velvet Lumin", "Someone", "Somewhere", "Ambient"),
+            // A word in the artist and the album of one track each (below).
+            (86, "Plain Song", "Nebula", "Plain", "Pop"),
+            (87, "Another Song", "Plainer", "Nebula", "Pop"),
         ];
         for &(n, title, artist, album, genre) in rows {
             put(&store, &track(n, title, artist, album, genre));
         }
         let mut podcast = track(40, "Elvish Podcast", "Talkers", "Talks", "Talk");
+        podcast.kind = Kind::Podcast;
+        put(&store, &podcast);
+        // More title matches of one word than a list holds.
+        for n in 60..85 {
+            put(
+                &store,
+                &track(n, &format!("Nebula {n}"), "Stargazers", "Sky", "Ambient"),
+            );
+        }
+        let mut podcast = track(88, "Talk", "Hosts", "Nebula", "Talk");
         podcast.kind = Kind::Podcast;
         put(&store, &podcast);
         let service =
@@ -215,4 +232,53 @@ fn kind_filter_and_empty_query() {
     assert_eq!(track_ids(&pods), vec![40]);
     assert!(idx.search("  ", None, 10).unwrap().tracks.is_empty());
     assert_eq!(track_id(40), pods.tracks[0].id);
+}
+
+#[test]
+fn several_words_rank_by_each_words_tier() {
+    // Exact + exact, exact + prefix, exact + typo.
+    let ids = track_ids(&search("velvet lumen"));
+    assert_eq!(ids, vec![50, 51, 52]);
+    // A typo is still found while the other word has exact hits.
+    let r = search("velvet lumne");
+    assert_eq!(track_ids(&r), vec![50], "{r:?}");
+    assert!(track_ids(&search("highway tnue")).contains(&7));
+    // Both words by typo.
+    assert!(track_ids(&search("hihgway tnue")).contains(&7));
+    // Every word must match.
+    assert!(search("velvet zephyr").tracks.is_empty());
+}
+
+#[test]
+fn a_full_list_holds_the_best_tier_only() {
+    // 25 titles hold "nebula"; one artist and one album do too. A list of 10
+    // is made of title matches only, the best tier, and nothing twice.
+    let idx = fixture().service.index();
+    let r = idx.search("nebula", None, 10).unwrap();
+    let ids = track_ids(&r);
+    assert_eq!(ids.len(), 10);
+    assert!(ids.iter().all(|n| (60..85).contains(n)), "{ids:?}");
+    assert!(r.tracks.iter().all(|h| h.score == r.tracks[0].score));
+    let unique: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len());
+    // With room for all, the artist match comes after the titles, then the
+    // album matches (the song's and the podcast's), in that order.
+    let all = track_ids(&idx.search("nebula", None, 100).unwrap());
+    assert_eq!(all.len(), 28, "{all:?}");
+    assert_eq!(all[25], 86);
+    let mut tail = all[26..].to_vec();
+    tail.sort();
+    assert_eq!(tail, vec![87, 88]);
+    // As typed, by prefix: the same 25 titles, by id among equal scores.
+    let p = idx.search("nebu", None, 10).unwrap();
+    let p_ids = track_ids(&p);
+    assert_eq!(p_ids, (60..70).collect::<Vec<u64>>());
+    assert!(p.tracks[0].score < r.tracks[0].score, "prefix below exact");
+    // The kind filter applies while a list fills: the one podcast, although
+    // 25 songs match better.
+    let pods = idx.search("nebula", Some(Kind::Podcast), 10).unwrap();
+    assert_eq!(track_ids(&pods), vec![88]);
+    // Artists and albums have lists of their own.
+    assert!(r.artists.iter().any(|h| h.item["name"] == "Nebula"));
+    assert!(r.albums.iter().any(|h| h.item["name"] == "Nebula"));
 }

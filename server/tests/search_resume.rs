@@ -1,6 +1,7 @@
 //! The indexer's checkpoint: resuming after a restart misses nothing and
 //! duplicates nothing; a truncated feed or `reindex` rebuilds from the
-//! store; deletes and un-readying disappear; the visibility lag is measured.
+//! store; deletes and un-readying disappear; the visibility lag is measured;
+//! an index of another schema version is rebuilt.
 
 #![allow(
     clippy::unwrap_used,
@@ -191,4 +192,38 @@ fn only_ready_tracks_are_findable_and_deletes_disappear() {
     // The artist and album had only this track: they are gone too.
     assert!(idx.search("pianist", None, 5).unwrap().artists.is_empty());
     assert!(idx.search("nights", None, 5).unwrap().albums.is_empty());
+}
+
+#[test]
+fn an_index_of_another_schema_version_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir.path().join("meta"), MetaConfig::default());
+    add(&store, 0..10);
+    let s = start(&store, dir.path());
+    drop(s);
+    let version_file = dir.path().join("search").join("spindle-schema-version");
+    assert_eq!(
+        std::fs::read_to_string(&version_file).unwrap(),
+        search::SCHEMA_VERSION.to_string()
+    );
+    // Same version: resumed, not rebuilt.
+    let s = start(&store, dir.path());
+    assert_eq!(s.index().stats().rebuilds, 0);
+    drop(s);
+    // An older version (the tantivy schema itself may well be the same):
+    // thrown away and rebuilt from the store, then recorded as current.
+    std::fs::write(&version_file, "1").unwrap();
+    let s = start(&store, dir.path());
+    assert_eq!(s.index().stats().rebuilds, 1, "rebuilt from the store");
+    check_all(&s, 0..10);
+    drop(s);
+    assert_eq!(
+        std::fs::read_to_string(&version_file).unwrap(),
+        search::SCHEMA_VERSION.to_string()
+    );
+    // No version at all (an index from before versions were recorded).
+    std::fs::remove_file(&version_file).unwrap();
+    let s = start(&store, dir.path());
+    assert_eq!(s.index().stats().rebuilds, 1);
+    check_all(&s, 0..10);
 }
