@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use spindle_engine::meta::{index as meta_index, ChangeOp, Direction, FeedConsumer, MetaStore};
+use tantivy::columnar::Column;
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, STORED, STRING,
 };
@@ -63,12 +64,18 @@ const TOKENIZER: &str = "spindle_terms";
 /// another version (or none: before versions were recorded) is thrown away
 /// and rebuilt from the store when opened. Bump it whenever documents would
 /// be indexed differently.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 /// The file, inside the index directory, recording [`SCHEMA_VERSION`]
 /// (tantivy leaves files it does not manage alone).
 const SCHEMA_VERSION_FILE: &str = "spindle-schema-version";
+/// Block size of the doc store (tantivy's default is 16 KiB).
+const DOCSTORE_BLOCK_BYTES: usize = 4096;
 /// The fast field holding a document's kind code ([`kind_code`]).
 const KIND_FIELD: &str = "kind";
+/// The fast fields holding a document's id ([`id_to_fast`]).
+const ID_HI_FIELD: &str = "id_hi";
+const ID_LO_FIELD: &str = "id_lo";
+const ID_DIGITS_FIELD: &str = "id_digits";
 /// Most results of one kind a query returns.
 pub const SEARCH_LIMIT_MAX: usize = 100;
 /// Without index changes, the payload is committed once this many LSNs or
@@ -143,8 +150,12 @@ struct Fields {
     doc_key: Field,
     /// Kind code ([`kind_code`]), a fast field for the kind filter.
     kind: Field,
-    /// Stored, and a fast field: ranking reads ids without the doc store.
+    /// Stored; and as fast fields ([`id_to_fast`]), so that ranking reads
+    /// the ids of its candidates without the doc store.
     id: Field,
+    id_hi: Field,
+    id_lo: Field,
+    id_digits: Field,
     display: Field,
     /// The text fields of each type of document, indexed by `TYPE_*`: a
     /// term list per type, so a posting list holds one type only and a top
@@ -194,7 +205,10 @@ fn schema() -> (Schema, Fields) {
     let fields = Fields {
         doc_key: b.add_text_field("doc_key", STRING),
         kind: b.add_u64_field(KIND_FIELD, FAST),
-        id: b.add_text_field("id", TextOptions::default().set_stored().set_fast(None)),
+        id: b.add_text_field("id", STORED),
+        id_hi: b.add_u64_field(ID_HI_FIELD, FAST),
+        id_lo: b.add_u64_field(ID_LO_FIELD, FAST),
+        id_digits: b.add_u64_field(ID_DIGITS_FIELD, FAST),
         display: b.add_text_field("display", STORED),
         by_type,
     };
@@ -266,6 +280,41 @@ pub struct SearchIndex {
     fields: Fields,
     stats: Stats,
     popularity: RwLock<Option<Arc<dyn Popularity>>>,
+    /// The fast-field columns of the current searcher generation: opening
+    /// a column decodes its block metadata, too costly to do per query.
+    columns: RwLock<Option<Arc<Columns>>>,
+}
+
+/// Fast-field columns of every segment of one searcher generation.
+struct Columns {
+    generation: u64,
+    kind: Vec<Column<u64>>,
+    id: Vec<[Column<u64>; 3]>,
+}
+
+/// An id as fast-field values `(hi, lo, digits)`: a lowercase hex id of 1
+/// to 32 digits (every id spindle makes: tracks 32, artists and albums 16)
+/// as its 128-bit value and its length; anything else as `(0, 0, 0)`, read
+/// from the doc store instead.
+fn id_to_fast(id: &str) -> (u64, u64, u64) {
+    let hex = !id.is_empty()
+        && id.len() <= 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    match u128::from_str_radix(id, 16) {
+        Ok(v) if hex => ((v >> 64) as u64, v as u64, id.len() as u64),
+        _ => (0, 0, 0),
+    }
+}
+
+/// The id [`id_to_fast`] encoded (`None`: not encoded).
+fn id_from_fast(hi: u64, lo: u64, digits: u64) -> Option<String> {
+    if digits == 0 || digits > 32 {
+        return None;
+    }
+    let v = (u128::from(hi) << 64) | u128::from(lo);
+    Some(format!("{v:0width$x}", width = digits as usize))
 }
 
 impl std::fmt::Debug for SearchIndex {
@@ -304,7 +353,7 @@ fn open_index(dir: &Path) -> Result<(Index, Fields), SearchError> {
     let (schema, fields) = schema();
     let opened = tantivy::directory::MmapDirectory::open(dir)
         .map_err(SearchError::from)
-        .and_then(|d| Index::open_or_create(d, schema.clone()).map_err(SearchError::from));
+        .and_then(|d| create_or_open(d, schema.clone()));
     let index = match opened {
         Ok(index) => index,
         Err(e) => {
@@ -314,7 +363,7 @@ fn open_index(dir: &Path) -> Result<(Index, Fields), SearchError> {
             std::fs::remove_dir_all(dir).map_err(dir_err)?;
             std::fs::create_dir_all(dir).map_err(dir_err)?;
             let d = tantivy::directory::MmapDirectory::open(dir)?;
-            Index::open_or_create(d, schema)?
+            create_or_open(d, schema)?
         }
     };
     // Also after a damaged index was thrown away (the file with it).
@@ -326,6 +375,23 @@ fn open_index(dir: &Path) -> Result<(Index, Fields), SearchError> {
         TextAnalyzer::builder(WhitespaceTokenizer::default()).build(),
     );
     Ok((index, fields))
+}
+
+/// Opens the index in `dir`, or creates it with spindle's settings.
+fn create_or_open(
+    dir: tantivy::directory::MmapDirectory,
+    schema: Schema,
+) -> Result<Index, SearchError> {
+    let settings = tantivy::IndexSettings {
+        // A query reads at most a few dozen stored documents, at random:
+        // each read decompresses its whole block, so blocks are small.
+        docstore_blocksize: DOCSTORE_BLOCK_BYTES,
+        ..tantivy::IndexSettings::default()
+    };
+    Ok(Index::builder()
+        .schema(schema)
+        .settings(settings)
+        .open_or_create(dir)?)
 }
 
 fn committed_lsn(index: &Index) -> Result<Option<u64>, SearchError> {
@@ -351,6 +417,7 @@ impl SearchIndex {
             fields,
             stats: Stats::default(),
             popularity: RwLock::new(None),
+            columns: RwLock::new(None),
         };
         if let Ok(Some(lsn)) = committed_lsn(&s.index) {
             s.stats.indexed_lsn.store(lsn, Ordering::Release);
@@ -497,8 +564,9 @@ impl SearchIndex {
         }
         let dfas = query::typo_automata(&words);
         let searcher = self.reader.searcher();
+        let columns = self.columns(&searcher)?;
         let filter = query::Filter {
-            kind_code: kind.map(kind_code),
+            kind: kind.map(|k| (kind_code(k), columns.kind.as_slice())),
         };
         // Twice the limit, so that popularity can reorder ties at the edge.
         let want = limit * 2;
@@ -506,15 +574,49 @@ impl SearchIndex {
         for (list, fields) in lists.iter_mut().zip(&self.fields.by_type) {
             *list = query::top_documents(&searcher, fields, &words, &dfas, &filter, want)?;
         }
-        self.materialize(&searcher, lists, limit)
+        self.materialize(&searcher, &columns, lists, limit)
+    }
+
+    /// The columns of `searcher`'s generation, opened once per generation.
+    fn columns(&self, searcher: &tantivy::Searcher) -> Result<Arc<Columns>, SearchError> {
+        let generation = searcher.generation().generation_id();
+        if let Some(c) = self
+            .columns
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            if c.generation == generation {
+                return Ok(c.clone());
+            }
+        }
+        let mut kind = Vec::new();
+        let mut id = Vec::new();
+        for seg in searcher.segment_readers() {
+            let ff = seg.fast_fields();
+            kind.push(ff.u64(KIND_FIELD)?);
+            id.push([
+                ff.u64(ID_HI_FIELD)?,
+                ff.u64(ID_LO_FIELD)?,
+                ff.u64(ID_DIGITS_FIELD)?,
+            ]);
+        }
+        let c = Arc::new(Columns {
+            generation,
+            kind,
+            id,
+        });
+        *self.columns.write().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+        Ok(c)
     }
 
     /// Hits with their stored items, ordered by score, then popularity,
-    /// then id, `limit` of each kind. Ids come from the fast field; only
+    /// then id, `limit` of each kind. Ids come from the fast fields; only
     /// the hits returned are read from the doc store.
     fn materialize(
         &self,
         searcher: &tantivy::Searcher,
+        columns: &Columns,
         [tracks, artists, albums]: [Vec<(f32, tantivy::DocAddress)>; 3],
         limit: usize,
     ) -> Result<SearchResults, SearchError> {
@@ -523,23 +625,19 @@ impl SearchIndex {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let id_columns = searcher
-            .segment_readers()
-            .iter()
-            .map(|s| s.fast_fields().str("id"))
-            .collect::<Result<Vec<_>, _>>()?;
         let id_of = |addr: tantivy::DocAddress| -> Result<String, SearchError> {
-            let mut id = String::new();
-            if let Some(col) = id_columns
-                .get(addr.segment_ord as usize)
-                .and_then(Option::as_ref)
-            {
-                if let Some(ord) = col.term_ords(addr.doc_id).next() {
-                    col.ord_to_str(ord, &mut id)
-                        .map_err(|e| SearchError::Index(e.into()))?;
+            if let Some([hi, lo, digits]) = columns.id.get(addr.segment_ord as usize) {
+                let v = |c: &Column<u64>| c.first(addr.doc_id).unwrap_or(0);
+                if let Some(id) = id_from_fast(v(hi), v(lo), v(digits)) {
+                    return Ok(id);
                 }
             }
-            Ok(id)
+            let doc: TantivyDocument = searcher.doc(addr)?;
+            Ok(doc
+                .get_first(self.fields.id)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_owned())
         };
         let mut out = SearchResults::default();
         for (list, hits, with_popularity) in [
@@ -607,6 +705,10 @@ impl DocWriter {
         doc.add_text(f.doc_key, doc_key);
         doc.add_u64(f.kind, kind_code(kind));
         doc.add_text(f.id, id);
+        let (hi, lo, digits) = id_to_fast(id);
+        doc.add_u64(f.id_hi, hi);
+        doc.add_u64(f.id_lo, lo);
+        doc.add_u64(f.id_digits, digits);
         doc.add_text(f.display, display);
         let by_role = f.by_type[doc_type];
         for ((text, exact_field), prefix_field) in
@@ -1169,4 +1271,36 @@ pub fn reindex_data_dir(
         Arc::new(spindle_engine::clock::SystemClock),
     )?;
     reindex_with(&store, writer, fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_through_the_fast_fields() {
+        for id in [
+            "00000000000000000000000000000001",
+            "ffffffffffffffffffffffffffffffff",
+            "0123456789abcdef0123456789abcdef",
+            "00c0ffee00c0ffee",
+            "0",
+            "7",
+        ] {
+            let (hi, lo, digits) = id_to_fast(id);
+            assert_eq!(digits, id.len() as u64);
+            assert_eq!(id_from_fast(hi, lo, digits).as_deref(), Some(id));
+        }
+        // Not lowercase hex, or too long: left to the doc store.
+        for id in [
+            "",
+            "ABCDEF",
+            "+1",
+            "xyz",
+            "0123456789abcdef0123456789abcdef0",
+        ] {
+            assert_eq!(id_to_fast(id), (0, 0, 0), "{id:?}");
+        }
+        assert_eq!(id_from_fast(5, 5, 0), None);
+    }
 }

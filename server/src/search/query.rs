@@ -31,6 +31,7 @@ use std::collections::{BinaryHeap, HashSet};
 use std::sync::OnceLock;
 
 use levenshtein_automata::{Distance, LevenshteinAutomatonBuilder, DFA};
+use tantivy::columnar::Column;
 use tantivy::postings::SegmentPostings;
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{DocAddress, DocId, DocSet, Searcher, Term, TERMINATED};
@@ -274,9 +275,10 @@ fn open(seg: &tantivy::SegmentReader, source: &Source) -> Result<Option<Postings
     Ok((!ps.is_empty()).then_some(Postings(ps)))
 }
 
-/// A filter on the documents taken: alive, and of the wanted kind code.
-pub struct Filter {
-    pub kind_code: Option<u64>,
+/// A filter on the documents taken (besides being alive): of this kind
+/// code, read from these columns (one per segment).
+pub struct Filter<'a> {
+    pub kind: Option<(u64, &'a [Column<u64>])>,
 }
 
 /// Collects, for one kind of document, up to `want` documents in
@@ -286,7 +288,7 @@ pub fn top_documents(
     fields: &KindFields,
     words: &[analyze::QueryWord],
     dfas: &[Vec<Vec<Option<DFA>>>],
-    filter: &Filter,
+    filter: &Filter<'_>,
     want: usize,
 ) -> Result<Vec<(f32, DocAddress)>> {
     let mut out = Vec::new();
@@ -297,14 +299,6 @@ pub fn top_documents(
     if options.iter().any(Vec::is_empty) {
         return Ok(out);
     }
-    let kinds = match filter.kind_code {
-        Some(_) => searcher
-            .segment_readers()
-            .iter()
-            .map(|s| s.fast_fields().u64(super::KIND_FIELD).map(Some))
-            .collect::<Result<Vec<_>>>()?,
-        None => vec![None; searcher.segment_readers().len()],
-    };
     let mut seen: HashSet<DocAddress> = HashSet::new();
     // Best-first over the index vectors (one option index per word).
     let score_of =
@@ -345,7 +339,7 @@ pub fn top_documents(
             // The shortest list leads the intersection.
             sets.sort_by_key(Postings::len);
             let alive = seg.alive_bitset();
-            let kind_col = kinds.get(seg_ord).and_then(Option::as_ref);
+            let kind = filter.kind.map(|(code, cols)| (code, cols.get(seg_ord)));
             let mut doc = sets[0].doc();
             'docs: while doc != TERMINATED && out.len() < want {
                 // Move every list to the first document all of them hold.
@@ -366,9 +360,10 @@ pub fn top_documents(
                     }
                 }
                 let ok = alive.is_none_or(|a| a.is_alive(doc))
-                    && match (kind_col, filter.kind_code) {
-                        (Some(col), Some(code)) => col.first(doc) == Some(code),
-                        _ => true,
+                    && match kind {
+                        Some((code, Some(col))) => col.first(doc) == Some(code),
+                        Some((_, None)) => false,
+                        None => true,
                     };
                 let addr = DocAddress::new(seg_ord as u32, doc);
                 if ok && seen.insert(addr) {
