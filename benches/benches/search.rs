@@ -325,7 +325,10 @@ fn build() -> Corpus {
         writer_memory_bytes: 256 * 1024 * 1024,
         ..IndexerConfig::default()
     };
+    // Reopened, `start` itself rebuilds an index of an older schema.
+    let opening = Instant::now();
     let service = SearchService::start(&store, &root.join("search"), config).unwrap();
+    let opened = opening.elapsed();
     let started = Instant::now();
     let per_batch = 200u64;
     let mut n = if written_before { tracks } else { 0 };
@@ -364,9 +367,11 @@ fn build() -> Corpus {
     );
     if written_before {
         println!(
-            "search: {tracks} tracks reopened from {}; index ready after {:.1} s",
+            "search: {tracks} tracks reopened from {}; index ready after {:.1} s (a rebuild, if \
+             its schema changed, runs at {:.0} tracks/s)",
             root.display(),
-            indexed.as_secs_f64()
+            (opened + indexed).as_secs_f64(),
+            tracks as f64 / (opened + indexed).as_secs_f64()
         );
     } else {
         println!(

@@ -25,12 +25,24 @@
 //! holds a ready track of theirs. Entity documents are rebuilt from the
 //! store's catalog records whenever a batch touches them.
 //!
+//! Each type of document has text fields of its own (a track's title,
+//! artist and album; an artist's name; an album's name and artist), each
+//! with a prefix twin, so a posting list holds one type only.
+//!
 //! Matching ([`analyze`]): folded text, punctuation variants, CJK unigrams and
 //! bigrams, a prefix field; queries add typo matching (Damerau-Levenshtein:
 //! a transposition is one edit). Ranking: each query term scores the best of
 //! exact (title 90 > artist 80 > album 70), prefix (60/50/40) and fuzzy
 //! (30/20/10) matches; terms add up; equal scores are ordered by
-//! [`Popularity`] when one is installed, then by id.
+//! [`Popularity`] when one is installed, then by id. Evaluation (`query.rs`)
+//! walks those score tiers best first on the postings and stops each list
+//! once it holds twice the limit, so a query costs about the same whether a
+//! word matches ten tracks or half the catalogue.
+//!
+//! **Invariant (schema version):** the index directory records
+//! [`SCHEMA_VERSION`]; an index of another version, or none, is deleted and
+//! rebuilt from the store on open, so a change of fields or analysis never
+//! meets documents written the old way.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -550,7 +562,7 @@ impl SearchIndex {
 
     /// Ranked tracks, artists and albums for `q` (at most `limit` of each),
     /// optionally only of `kind`. Each list is evaluated by score tiers
-    /// straight on its own postings ([`query`]), and stops when full.
+    /// straight on its own postings (`query.rs`), and stops when full.
     pub fn search(
         &self,
         q: &str,

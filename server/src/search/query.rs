@@ -197,6 +197,9 @@ fn word_options(
                 if partial.is_empty() {
                     break;
                 }
+                // Keep the best (an alternative of many terms could
+                // otherwise multiply out without bound).
+                partial.sort_by(|a, b| b.0.total_cmp(&a.0));
                 partial.truncate(COMBINATIONS_MAX);
             }
             let n = alternative.len().max(1) as f32;
