@@ -103,6 +103,11 @@ impl MappedSource {
     pub fn offset(&self) -> u64 {
         self.offset
     }
+
+    /// Whether `other` lies in the same map (and so the same file).
+    pub fn same_map(&self, other: &MappedSource) -> bool {
+        Arc::ptr_eq(&self.map, &other.map)
+    }
 }
 
 /// The segment file and offset that `bytes` shows, when `bytes` lies wholly

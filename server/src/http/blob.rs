@@ -16,12 +16,12 @@
 //!   `Content-Range: bytes */LEN`.
 //!
 //! Reading: a response of at most [`INLINE_READ_MAX_BYTES`] is read inline
-//! (memory-hot small reads cost less than a thread hop). From a mapped store
-//! it is read in place, verified on every request, as slices of the segment
-//! maps that the connection hands to `sendfile` ([`super::sendfile`]);
-//! otherwise through the process-wide window cache ([`super::cache`]):
-//! slices of hot windows that the body passes on uncopied, a hit costing no
-//! syscall at all. Anything larger streams from a blocking
+//! through the process-wide window cache ([`super::cache`]): slices of hot
+//! windows that the body passes on uncopied (memory-hot small reads cost
+//! less than a thread hop, and a hit costs no syscall at all). From the
+//! mapped store the windows are locked page-cache pages, which the
+//! connection hands to `sendfile` ([`super::sendfile`]). Anything larger
+//! streams from a blocking
 //! task, chunk by chunk, through the bounded channel of [`Body::channel`]:
 //! at most [`super::body::STREAM_CHANNEL_CAPACITY`] chunks are in flight per
 //! response, and when the client goes away the next send fails and the task
@@ -197,23 +197,16 @@ fn read_body(
     if total_bytes <= INLINE_READ_MAX_BYTES {
         // Small responses come from the window cache: slices of hot
         // windows, sent as they are (several buffers rather than a copy).
-        // A mapped store reads (and verifies) in place instead: its `Bytes`
-        // are slices of segment maps, which the connection sends with
-        // `sendfile` (see `super::sendfile`), so a cached heap copy would
-        // only add a copy.
-        let cache = (!store.is_mapped()).then(super::cache::global);
+        // From a mapped store the windows are slices of segment maps, which
+        // the connection sends with `sendfile` (see `super::sendfile`).
+        let cache = super::cache::global();
         let mut pieces: Vec<Bytes> = Vec::new();
         for segment in segments {
-            match (segment, cache) {
-                (Segment::Literal(b), _) => pieces.push(b.clone()),
-                (Segment::Data(r), Some(cache)) => cache
+            match segment {
+                Segment::Literal(b) => pieces.push(b.clone()),
+                Segment::Data(r) => cache
                     .read(store, &id, r.clone(), length_bytes, &mut pieces)
                     .map_err(read_error)?,
-                (Segment::Data(r), None) => {
-                    for piece in store.read_range(&id, r.clone()).map_err(read_error)? {
-                        pieces.push(piece.map_err(read_error)?);
-                    }
-                }
             }
         }
         let body = if pieces.len() == 1 {

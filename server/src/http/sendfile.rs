@@ -61,14 +61,34 @@ impl SendfileStream {
         self.enabled && buf.len() >= SENDFILE_MIN_BYTES && mapped_source(buf).is_some()
     }
 
-    /// One `sendfile` of (a prefix of) `buf`, a mapped slice.
-    fn poll_sendfile(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    /// One `sendfile` of (a prefix of) the mapped slices at the head of
+    /// `bufs`: the first, and those after it that continue it in the same
+    /// map (adjacent windows of a blob), so a large range is one call.
+    fn poll_sendfile(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let Some(buf) = bufs.first() else {
+            return Poll::Ready(Ok(0));
+        };
         let Some(source) = mapped_source(buf) else {
             return Pin::new(&mut self.inner).poll_write(cx, buf);
         };
         let Ok(mut offset) = libc::off_t::try_from(source.offset()) else {
             return Pin::new(&mut self.inner).poll_write(cx, buf);
         };
+        let mut len = buf.len();
+        let mut end = buf.as_ptr() as usize + buf.len();
+        for next in &bufs[1..] {
+            let continues = next.as_ptr() as usize == end
+                && mapped_source(next).is_some_and(|s| s.same_map(&source));
+            if !continues {
+                break;
+            }
+            len += next.len();
+            end += next.len();
+        }
         let socket = self.inner.as_raw_fd();
         let file = source.file().as_raw_fd();
         loop {
@@ -77,7 +97,7 @@ impl SendfileStream {
                 // SAFETY: both descriptors are open for the whole call (the
                 // stream is borrowed, the file is kept by `source`), and
                 // `offset` is a valid, exclusively borrowed off_t.
-                let n = unsafe { libc::sendfile(socket, file, &mut offset, buf.len()) };
+                let n = unsafe { libc::sendfile(socket, file, &mut offset, len) };
                 if n < 0 {
                     Err(io::Error::last_os_error())
                 } else {
@@ -155,7 +175,7 @@ impl AsyncWrite for SendfileStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.is_mapped(buf) {
-            return this.poll_sendfile(cx, buf);
+            return this.poll_sendfile(cx, &[IoSlice::new(buf)]);
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
@@ -174,7 +194,7 @@ impl AsyncWrite for SendfileStream {
             return Poll::Ready(Ok(0));
         };
         if this.is_mapped(first) {
-            return this.poll_sendfile(cx, first);
+            return this.poll_sendfile(cx, bufs);
         }
         // Copy everything up to the first mapped slice; if one follows, say
         // so, so the kernel holds the head back for the body.
