@@ -312,7 +312,7 @@ fn player_searches_plays_seeks_in_chromium() {
     let r = server.request(
         "POST",
         &format!(
-            "/v1/tracks?title={}&artist=Test+Tones&genre=Ambient&filename=tone.wav",
+            "/v1/tracks?title={}&artist=Test+Tones&album=Tone+Studies&genre=Ambient&filename=tone.wav",
             TITLE.replace(' ', "+")
         ),
         &[("Authorization", &auth), ("Content-Type", "audio/wav")],
@@ -524,6 +524,31 @@ fn player_searches_plays_seeks_in_chromium() {
     );
     let status = cdp.eval("document.querySelector('#track-status').textContent");
     assert_eq!(status, track["status"]);
+
+    // Browse pages render their optional parts and groups as elements, never
+    // as stray text ("null" for an absent More button, "[object …]" for a
+    // group of elements).
+    if ready {
+        let artists = server.request("GET", "/v1/artists", &[], b"").json();
+        let artist_id = artists["items"][0]["id"].as_str().unwrap().to_owned();
+        for (hash, wait) in [
+            ("#/".to_owned(), "!!document.querySelector('main a.card')"),
+            ("#/artists".to_owned(), "!!document.querySelector('main a.card')"),
+            (
+                format!("#/artist/{artist_id}"),
+                "[...document.querySelectorAll('main a.card')].some(a => a.textContent === 'Tone Studies')",
+            ),
+        ] {
+            cdp.call("Page.navigate", json!({"url": format!("{base}/{hash}")}));
+            cdp.wait_for(wait, Duration::from_secs(10));
+            let text = cdp.eval("document.querySelector('main').innerText");
+            let text = text.as_str().unwrap_or("");
+            assert!(
+                !text.contains("null") && !text.contains("[object"),
+                "{hash} shows stray text: {text:?}"
+            );
+        }
+    }
     drop(cdp);
     drop(browser);
 }

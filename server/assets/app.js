@@ -46,7 +46,9 @@ const main = () => $("#main");
 
 function setView(title, ...nodes) {
   const m = main();
-  m.replaceChildren(...nodes);
+  // Views pass optional parts as null and groups as arrays: drop the
+  // former and flatten the latter (replaceChildren would print both).
+  m.replaceChildren(...nodes.flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false));
   document.title = title ? `${title} · spindle` : "spindle";
   for (const a of document.querySelectorAll(".top nav a")) {
     const here = location.hash.startsWith(a.getAttribute("href")) && a.getAttribute("href") !== "#/"
@@ -506,7 +508,7 @@ function renderTrack(t) {
   else if (t.album || (t.tags && t.tags.album)) fact("Album", t.album || t.tags.album);
   const genreText = t.genre || (t.tags && Array.isArray(t.tags.genres) ? t.tags.genres.join(";") : "");
   if (genreText) {
-    const parts = String(genreText).split(/[;,/]/).map((s) => s.trim()).filter(Boolean);
+    const parts = String(genreText).split(";").map((s) => s.trim()).filter(Boolean);
     const links = [];
     parts.forEach((g, i) => { if (i) links.push(", "); links.push(el("a", { href: `#/genre/${encodeURIComponent(g)}` }, g)); });
     fact("Genre", links);
@@ -525,7 +527,8 @@ function renderTrack(t) {
   const art = cover
     ? el("img", { class: "cover", src: cover, alt: `Cover of ${title}` })
     : el("div", { class: "cover placeholder", "aria-hidden": "true" }, "\u266A");
-  const canPlay = t.status !== "failed" || t.raw;
+  // A failed track's original is what could not be decoded: nothing to play.
+  const canPlay = t.status !== "failed";
   setView(title,
     el("article", { class: "track-page" }, art,
       el("div", {},
