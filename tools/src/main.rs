@@ -45,7 +45,7 @@ struct ReindexArgs {
     /// Data directory [default: ./spindle-data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Storage backend: auto, portable or uring [default: auto].
+    /// Storage backend: auto, portable or uring.
     #[arg(long, value_name = "BACKEND", default_value = "auto")]
     io_backend: String,
 }
@@ -205,10 +205,19 @@ fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // tantivy logs every index commit at info, which would bury spindle's
         // own lines (where it listens, where the tokens are) for a newcomer.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tantivy=warn"));
+        // The decoders log what they find wrong in a bad upload (symphonia
+        // at error level, lofty at warn); the failed track carries the reason
+        // already, so by default they stay quiet.
+        .unwrap_or_else(|_| {
+            // (Targets match by prefix: `symphonia` covers all its crates.)
+            tracing_subscriber::EnvFilter::new("info,tantivy=warn,symphonia=off,lofty=off")
+        });
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not for a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve(*args),

@@ -30,12 +30,17 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "URL")]
     server: String,
     /// The server's admin token (job routes are admin-only).
-    #[arg(long, value_name = "TOKEN", env = "SPINDLE_TOKEN")]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SPINDLE_TOKEN",
+        hide_env_values = true
+    )]
     token: String,
-    /// Lease length; extended every third of it [default: 30000].
+    /// Lease length; extended every third of it.
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
     lease_ms: u64,
-    /// Pause between polls when no job is due [default: 1000].
+    /// Pause between polls when no job is due.
     #[arg(long, value_name = "MS", default_value_t = 1_000)]
     poll_ms: u64,
     /// Longest audio accepted [default: 21600000, 6 h].
