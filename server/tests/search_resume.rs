@@ -227,3 +227,36 @@ fn an_index_of_another_schema_version_is_rebuilt() {
     assert_eq!(s.index().stats().rebuilds, 1);
     check_all(&s, 0..10);
 }
+
+#[test]
+fn ids_and_the_kind_filter_hold_across_commits_and_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir.path().join("meta"), MetaConfig::default());
+    let s = start(&store, dir.path());
+    let idx = s.index();
+    // Batches committed apart: several segments and searcher generations,
+    // each segment's columns opened once and reused by later generations.
+    for batch in 0..4u64 {
+        for n in batch * 10..batch * 10 + 10 {
+            let mut t = track(n, &format!("Common uniq{n}x"), "Hosts", "Shows", "Talk");
+            if n % 2 == 1 {
+                t.kind = spindle_server::track::Kind::Podcast;
+            }
+            put(&store, &t);
+        }
+        assert!(idx.wait_for_lsn(store.head_lsn(), WAIT));
+        let upto = batch * 10 + 10;
+        let all = idx.search("common", None, 100).unwrap();
+        assert_eq!(all.tracks.len() as u64, upto);
+        for h in &all.tracks {
+            // The id read from the fast fields is the stored document's.
+            assert_eq!(h.item["id"], h.id.as_str(), "{h:?}");
+        }
+        let pods = idx
+            .search("common", Some(spindle_server::track::Kind::Podcast), 100)
+            .unwrap();
+        let got: BTreeSet<String> = pods.tracks.iter().map(|h| h.id.clone()).collect();
+        let want: BTreeSet<String> = (0..upto).filter(|n| n % 2 == 1).map(track_id).collect();
+        assert_eq!(got, want, "after batch {batch}");
+    }
+}

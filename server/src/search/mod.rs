@@ -300,6 +300,8 @@ pub struct SearchIndex {
 /// Fast-field columns of every segment of one searcher generation.
 struct Columns {
     generation: u64,
+    /// By segment ordinal, as the other vectors.
+    segments: Vec<tantivy::index::SegmentId>,
     kind: Vec<Column<u64>>,
     id: Vec<[Column<u64>; 3]>,
 }
@@ -589,35 +591,52 @@ impl SearchIndex {
         self.materialize(&searcher, &columns, lists, limit)
     }
 
-    /// The columns of `searcher`'s generation, opened once per generation.
+    /// The columns of `searcher`'s generation, opened once per generation;
+    /// a segment's columns never change, so those of segments already open
+    /// are reused (a commit while tracks arrive opens only the new ones).
     fn columns(&self, searcher: &tantivy::Searcher) -> Result<Arc<Columns>, SearchError> {
         let generation = searcher.generation().generation_id();
-        if let Some(c) = self
+        let cached = self
             .columns
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
+            .clone();
+        if let Some(c) = &cached {
             if c.generation == generation {
                 return Ok(c.clone());
             }
         }
-        let mut kind = Vec::new();
-        let mut id = Vec::new();
-        for seg in searcher.segment_readers() {
-            let ff = seg.fast_fields();
-            kind.push(ff.u64(KIND_FIELD)?);
-            id.push([
-                ff.u64(ID_HI_FIELD)?,
-                ff.u64(ID_LO_FIELD)?,
-                ff.u64(ID_DIGITS_FIELD)?,
-            ]);
-        }
-        let c = Arc::new(Columns {
+        let mut c = Columns {
             generation,
-            kind,
-            id,
-        });
+            segments: Vec::new(),
+            kind: Vec::new(),
+            id: Vec::new(),
+        };
+        for seg in searcher.segment_readers() {
+            let segment = seg.segment_id();
+            let known = cached.as_ref().and_then(|old| {
+                let i = old.segments.iter().position(|s| *s == segment)?;
+                Some((old.kind[i].clone(), old.id[i].clone()))
+            });
+            let (kind, id) = match known {
+                Some(k) => k,
+                None => {
+                    let ff = seg.fast_fields();
+                    (
+                        ff.u64(KIND_FIELD)?,
+                        [
+                            ff.u64(ID_HI_FIELD)?,
+                            ff.u64(ID_LO_FIELD)?,
+                            ff.u64(ID_DIGITS_FIELD)?,
+                        ],
+                    )
+                }
+            };
+            c.segments.push(segment);
+            c.kind.push(kind);
+            c.id.push(id);
+        }
+        let c = Arc::new(c);
         *self.columns.write().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
         Ok(c)
     }
