@@ -9,6 +9,13 @@
 //! copying them into a socket (the copy the kernel would otherwise make is
 //! most of what serving a large range costs).
 //!
+//! A read from a map whose page is not in memory reads the disk; if that
+//! fails the kernel would raise SIGBUS and kill the process. So every mapped
+//! read first populates its pages with `MADV_POPULATE_READ` ([`populate`]),
+//! which reports such a failure as an error instead. Where the kernel lacks
+//! it (before Linux 5.14), segments are not mapped at all and reads use
+//! `pread`.
+//!
 //! **Invariants:**
 //! - An address range is in the registry exactly while its [`SegmentMap`]
 //!   is alive: it is added when the map is made and removed in `Drop`,
@@ -46,9 +53,46 @@ fn registry() -> &'static Registry {
     REGISTRY.get_or_init(|| RwLock::new(BTreeMap::new()))
 }
 
+/// Makes the pages under `bytes` (a slice of a live map) present, reading
+/// them from disk if needed, so touching them cannot raise SIGBUS: a failed
+/// disk read is returned as the error.
+pub(crate) fn populate(bytes: &[u8]) -> std::io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let page = page_bytes();
+    let start = bytes.as_ptr() as usize / page * page;
+    let end = bytes.as_ptr() as usize + bytes.len();
+    // SAFETY: the range lies in a live read-only mapping (the caller holds
+    // the map); MADV_POPULATE_READ only faults pages in, it changes nothing.
+    let rc = unsafe {
+        libc::madvise(
+            start as *mut libc::c_void,
+            end - start,
+            libc::MADV_POPULATE_READ,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The system's page size.
+pub fn page_bytes() -> usize {
+    static PAGE: OnceLock<usize> = OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf reads a constant of the system; no memory passed.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+    })
+}
+
 impl SegmentMap {
     /// Maps the first `len` bytes of the file at `path` read-only and
-    /// registers the map.
+    /// registers the map. Fails with `Unsupported` where the kernel cannot
+    /// populate pages without the risk of SIGBUS (see the module doc).
     pub(crate) fn open(path: &Path, len: usize) -> std::io::Result<Arc<SegmentMap>> {
         let file = File::open(path)?;
         // SAFETY: the map is only ever read below the segment's logical
@@ -60,6 +104,18 @@ impl SegmentMap {
         // never touched. Another process writing the store's files breaks
         // this, as it breaks every other guarantee of the store.
         let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file)? };
+        // Probe MADV_POPULATE_READ on the first page (the segment header,
+        // always present in the file).
+        if let Err(e) = populate(&map[..1]) {
+            return Err(if e.raw_os_error() == Some(libc::EINVAL) {
+                std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "the kernel has no MADV_POPULATE_READ (Linux 5.14+)",
+                )
+            } else {
+                e
+            });
+        }
         let base = map.as_ptr() as usize;
         let map = Arc::new(SegmentMap { map, file });
         registry()
@@ -156,5 +212,18 @@ mod tests {
         // After the drop the range is gone from the registry.
         let maps = registry().read().unwrap();
         assert!(!maps.contains_key(&ptr));
+    }
+
+    #[test]
+    fn populating_a_page_the_file_lacks_is_an_error_not_sigbus() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg");
+        std::fs::write(&path, vec![1u8; 10_000]).unwrap();
+        let map = SegmentMap::open(&path, 1 << 20).unwrap();
+        populate(&map.bytes()[..10_000]).unwrap();
+        // Touching this page would raise SIGBUS (it lies past the end of
+        // the file); populating it reports an error instead.
+        let past = 3 * page_bytes();
+        assert!(populate(&map.bytes()[past..past + 100]).is_err());
     }
 }

@@ -689,12 +689,17 @@ impl Inner {
         if let Some(map) = map.filter(|m| record_end <= m.bytes().len() as u64) {
             let bytes = map.bytes();
             let base = entry.offset as usize;
+            let populate = |range: std::ops::Range<usize>| {
+                super::mapped::populate(&bytes[range]).map_err(|e| Error::io("read", &name, e))
+            };
+            populate(base..base + head_len)?;
             let block = check_chunk_head(id, &entry, &bytes[base..base + head_len], &corrupt)?;
             if start == end {
                 return Ok(Bytes::new());
             }
             let (data_start, data_end) = block_span(start, end, block, entry.payload_len);
             let p = payload_at as usize;
+            populate(p + data_start as usize..p + data_end as usize)?;
             check_blocks(
                 id,
                 &bytes[base + record::HEADER_LEN..base + head_len],

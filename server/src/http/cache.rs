@@ -29,7 +29,7 @@ use std::ops::Range;
 use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
-use spindle_engine::blob::mapped::mapped_source;
+use spindle_engine::blob::mapped::{mapped_source, page_bytes};
 use spindle_engine::blob::{BlobId, BlobStore, Error};
 
 /// Size of a cached window (the last window of a blob may be shorter).
@@ -61,15 +61,6 @@ struct Inner {
     pinned_pages: HashMap<usize, u32>,
     /// Set once locking failed, so the warning is said once.
     pin_refused: bool,
-}
-
-fn page_bytes() -> usize {
-    static PAGE: OnceLock<usize> = OnceLock::new();
-    *PAGE.get_or_init(|| {
-        // SAFETY: sysconf reads a constant of the system; no memory passed.
-        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
-    })
 }
 
 /// The pages `bytes` touches, as (first page address, page count).
