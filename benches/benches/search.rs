@@ -11,7 +11,9 @@
 //! 2. query latency p50/p99/max at an open-loop schedule of 1 000 queries/s
 //!    (latency measured from each query's scheduled start, so a stall is
 //!    charged to every query it delays); target p99 under 10 ms;
-//! 3. a criterion benchmark of one mixed query.
+//! 3. the time of a few queries built to be costly (many common words,
+//!    one-letter prefixes, typos in every word);
+//! 4. a criterion benchmark of one mixed query.
 //!
 //! Size: `SPINDLE_BENCH_SEARCH_TRACKS` (default 1 000 000); the schedule's
 //! length: `SPINDLE_BENCH_SEARCH_QUERIES` (default 5 000). To measure
@@ -467,9 +469,46 @@ fn scheduled(corpus: &Corpus) {
     }
 }
 
+/// Queries built to be costly: many common words whose best combinations
+/// match nothing together, one-letter prefixes, repeated and mistyped
+/// words. Each is run a few times; the median time is printed.
+fn hard(corpus: &Corpus) {
+    let index = corpus.service.index();
+    for q in [
+        "night heart fire rain summer",
+        "love love love love love love",
+        "a b c d e f g h",
+        "e",
+        "风",
+        "Anna Dvořák Nowak García",
+        "orchetsral symphnoy electirc velevt mornign",
+        "the the",
+        "zzzz love",
+    ] {
+        let mut times: Vec<Duration> = (0..15)
+            .map(|_| {
+                let t = Instant::now();
+                index.search(q, None, 10).unwrap();
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        let r = index.search(q, None, 10).unwrap();
+        println!(
+            "search: hard query {q:?}: median {:.3} ms, max {:.3} ms; {} tracks, {} artists, {} albums",
+            percentile(&times, 0.5).as_secs_f64() * 1e3,
+            times.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            r.tracks.len(),
+            r.artists.len(),
+            r.albums.len()
+        );
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let corpus = build();
     scheduled(&corpus);
+    hard(&corpus);
     let qs = queries(300);
     let index = corpus.service.index().clone();
     let mut i = 0usize;

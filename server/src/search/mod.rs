@@ -66,7 +66,7 @@ pub mod analyze;
 mod query;
 
 use query::KindFields;
-pub use query::{COMBINATIONS_MAX, FUZZY_EXPANSIONS_MAX};
+pub use query::{COMBINATIONS_MAX, FUZZY_EXPANSIONS_MAX, SEEKS_MAX};
 
 /// Name of the indexer's change-feed consumer.
 pub const FEED_CONSUMER: &str = "search-indexer";

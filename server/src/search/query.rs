@@ -23,9 +23,10 @@
 //! dropped before enumeration (one dictionary lookup each). Typo tiers are
 //! expanded through the term dictionary with a Levenshtein automaton (at most
 //! [`FUZZY_EXPANSIONS_MAX`] terms per field), not by a bitset of every match.
-//! At most [`COMBINATIONS_MAX`] combinations are evaluated per kind of
-//! result: a query of many words whose best combinations are all empty can
-//! miss its weakest matches, never its best ones.
+//! At most [`COMBINATIONS_MAX`] combinations and [`SEEKS_MAX`] posting moves
+//! are spent per kind of result: a query of many common words that rarely
+//! occur together may return fewer hits than exist, but what it returns is
+//! always the top of the ranking (the combinations are walked best first).
 
 use std::collections::{BinaryHeap, HashSet};
 use std::sync::OnceLock;
@@ -42,6 +43,10 @@ use super::analyze;
 pub const FUZZY_EXPANSIONS_MAX: usize = 32;
 /// Most combinations evaluated for one kind of result.
 pub const COMBINATIONS_MAX: usize = 64;
+/// Most posting-list moves (seeks) spent on one kind of result: bounds a
+/// query whose words are each common but rare together, whose combinations
+/// are long walks that find little.
+pub const SEEKS_MAX: u64 = 200_000;
 
 /// Scores of a term matching exactly, by prefix and by typo, by field role
 /// (title, artist, album).
@@ -315,8 +320,9 @@ pub fn top_documents(
     });
     queued.insert(first);
     let mut evaluated = 0usize;
+    let mut seeks = 0u64;
     while let Some(Ranked { score, ix }) = heap.pop() {
-        if out.len() >= want || evaluated >= COMBINATIONS_MAX {
+        if out.len() >= want || evaluated >= COMBINATIONS_MAX || seeks >= SEEKS_MAX {
             break;
         }
         evaluated += 1;
@@ -344,11 +350,12 @@ pub fn top_documents(
             let alive = seg.alive_bitset();
             let kind = filter.kind.map(|(code, cols)| (code, cols.get(seg_ord)));
             let mut doc = sets[0].doc();
-            'docs: while doc != TERMINATED && out.len() < want {
+            'docs: while doc != TERMINATED && out.len() < want && seeks < SEEKS_MAX {
                 // Move every list to the first document all of them hold.
                 loop {
                     let mut moved = false;
                     for set in sets.iter_mut() {
+                        seeks += 1;
                         let d = set.seek(doc);
                         if d > doc {
                             doc = d;
@@ -372,6 +379,7 @@ pub fn top_documents(
                 if ok && seen.insert(addr) {
                     out.push((score, addr));
                 }
+                seeks += 1;
                 doc = sets[0].seek(doc + 1);
             }
         }
