@@ -289,3 +289,107 @@ fn a_server_killed_mid_upload_is_reported() {
         "{stderr}"
     );
 }
+
+#[test]
+fn uploading_the_same_files_again_adds_nothing_twice() {
+    let server = Server::start();
+    let token_file = server.data_dir.join("tokens.toml");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.wav"), wav(0.5, 440.0)).unwrap();
+    std::fs::write(dir.path().join("b.wav"), wav(0.5, 660.0)).unwrap();
+    let url = server.url("");
+    let ids = |out: &Output| -> Vec<String> {
+        let mut v: Vec<String> = text(&out.stdout)
+            .lines()
+            .map(|l| l.split('\t').next().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let first = upload(&url, &token_file, &["--wait"], &[dir.path()]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let first_ids = ids(&first);
+    assert_eq!(first_ids.len(), 2, "{}", text(&first.stdout));
+    // Again, as after an interruption: the same tracks, nothing sent.
+    let again = upload(&url, &token_file, &["--wait"], &[dir.path()]);
+    let stderr = text(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert_eq!(ids(&again), first_ids, "{}", text(&again.stdout));
+    assert!(
+        stderr.contains(
+            "uploaded 0 of 2 audio files (2 already on the server, 0 other files skipped); 2 ready"
+        ),
+        "{stderr}"
+    );
+    assert!(text(&again.stdout).lines().all(|l| l.contains("\tready\t")));
+    // The server says the same when asked by content.
+    let auth = format!("Bearer {}", server.creator_token());
+    let raw = server
+        .request("GET", &format!("/v1/tracks/{}", first_ids[0]), &[], b"")
+        .json()["raw"]["blob_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let found = server.request(
+        "GET",
+        &format!("/v1/tracks?raw={raw}"),
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(found.status, 200);
+    assert_eq!(found.json()["items"].as_array().unwrap().len(), 1);
+    assert_eq!(found.json()["items"][0]["id"], first_ids[0].as_str());
+    // Asking needs a token and a well-formed content id.
+    assert_eq!(
+        server
+            .request("GET", &format!("/v1/tracks?raw={raw}"), &[], b"")
+            .status,
+        401
+    );
+    assert_eq!(
+        server
+            .request(
+                "GET",
+                "/v1/tracks?raw=xyz",
+                &[("Authorization", &auth)],
+                b""
+            )
+            .status,
+        400
+    );
+    // --duplicates sends anyway: new tracks.
+    let forced = upload(&url, &token_file, &["--duplicates"], &[dir.path()]);
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+    let forced_ids = ids(&forced);
+    assert_eq!(forced_ids.len(), 2);
+    assert!(forced_ids.iter().all(|id| !first_ids.contains(id)));
+    let found = server.request(
+        "GET",
+        &format!("/v1/tracks?raw={raw}"),
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(found.json()["items"].as_array().unwrap().len(), 2);
+    // A deleted track no longer counts.
+    for id in &forced_ids {
+        assert_eq!(
+            server
+                .request(
+                    "DELETE",
+                    &format!("/v1/tracks/{id}"),
+                    &[("Authorization", &auth)],
+                    b""
+                )
+                .status,
+            204
+        );
+    }
+    let found = server.request(
+        "GET",
+        &format!("/v1/tracks?raw={raw}"),
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(found.json()["items"].as_array().unwrap().len(), 1);
+}

@@ -196,7 +196,10 @@ impl App {
             ["healthz"] => (Route::Healthz, "GET, HEAD"),
             ["readyz"] => (Route::Readyz, "GET, HEAD"),
             ["metrics"] => (Route::Metrics, "GET, HEAD"),
-            ["v1", "tracks"] => (Route::TrackCreate, "POST"),
+            ["v1", "tracks"] => match *req.method() {
+                Method::GET | Method::HEAD => (Route::TrackFind, "GET, HEAD, POST"),
+                _ => (Route::TrackCreate, "GET, HEAD, POST"),
+            },
             ["v1", "tracks", _] => match *req.method() {
                 Method::DELETE => (Route::TrackDelete, "GET, HEAD, DELETE"),
                 _ => (Route::TrackGet, "GET, HEAD, DELETE"),
@@ -245,6 +248,7 @@ impl App {
                 Err(e) => Err(e),
                 Ok(()) => match route {
                     Route::TrackGet => self.get_track(&id),
+                    Route::TrackFind => self.find_tracks(req.headers(), req.uri().query()),
                     Route::TrackDelete => self.delete_track(&id, req.headers()).await,
                     Route::TrackStream => self.stream_track(&id, req.uri().query()),
                     Route::ChartsTop => {
@@ -436,6 +440,46 @@ impl App {
                 .map_err(|e| ApiError::storage("deleting blob metadata", e))?;
         }
         Ok(())
+    }
+
+    /// `GET /v1/tracks?raw=<content id>` (creator): the tracks whose
+    /// original has exactly those bytes, so an uploader can skip a file
+    /// that is a track already. Every status counts (a failed one included).
+    fn find_tracks(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Response<Body>, ApiError> {
+        self.tokens.authorize(headers, &[Role::Creator])?;
+        let raw = form_pairs(query.unwrap_or(""))
+            .find(|(k, _)| k == "raw")
+            .map(|(_, v)| v)
+            .ok_or_else(|| ApiError::bad_request("GET /v1/tracks needs raw=<content id>"))?;
+        if raw.parse::<BlobId>().is_err() || raw.len() != 64 || raw != raw.to_ascii_lowercase() {
+            return Err(ApiError::bad_request(
+                "raw must be a content id: 64 lowercase hex digits",
+            ));
+        }
+        let ids = crate::catalog::tracks_with_raw(&self.meta, &raw, 100)
+            .map_err(|e| ApiError::storage("finding tracks by content", e))?;
+        let mut items = Vec::new();
+        for id in ids {
+            match self.load_track(&id) {
+                Ok(t) => items.push(serde_json::json!({
+                    "id": t.id,
+                    "status": t.status,
+                    "failure_reason": t.failure_reason,
+                    "created_ms": t.created_ms,
+                })),
+                // Deleted since the scan: not a match any more.
+                Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "items": items }),
+        ))
     }
 
     fn stream_track(&self, id: &str, query: Option<&str>) -> Result<Response<Body>, ApiError> {

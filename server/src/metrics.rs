@@ -20,6 +20,7 @@ pub enum Route {
     Metrics,
     Blob,
     TrackCreate,
+    TrackFind,
     TrackGet,
     TrackDelete,
     TrackStream,
@@ -36,12 +37,13 @@ pub enum Route {
 }
 
 impl Route {
-    const ALL: [Route; 15] = [
+    const ALL: [Route; 16] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
         Route::Blob,
         Route::TrackCreate,
+        Route::TrackFind,
         Route::TrackGet,
         Route::TrackDelete,
         Route::TrackStream,
@@ -62,6 +64,7 @@ impl Route {
             Route::Metrics => "/metrics",
             Route::Blob => "/v1/blobs/{id}",
             Route::TrackCreate => "POST /v1/tracks",
+            Route::TrackFind => "GET /v1/tracks",
             Route::TrackGet => "GET /v1/tracks/{id}",
             Route::TrackDelete => "DELETE /v1/tracks/{id}",
             Route::TrackStream => "/v1/tracks/{id}/stream",

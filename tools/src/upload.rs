@@ -20,6 +20,13 @@
 //!   (`processing` there means it did not finish within `--wait-timeout-s`).
 //!   The last line of a path is its final word.
 //!
+//! - A file whose exact bytes are a track already (asked with
+//!   `GET /v1/tracks?raw=<BLAKE3 of the file>`) is not sent again: its line
+//!   names that track and its status, so running the same upload twice (after
+//!   an interruption, say) adds nothing twice. `--duplicates` sends anyway,
+//!   and so does a run that sets fields (`--title` and the like): that is a
+//!   different submission.
+//!
 //! **Invariant:** the exit code is non-zero whenever any audio file was not
 //! accepted (connection dropped, non-2xx answer, unreadable file) or, with
 //! `--wait`, failed or did not finish in time; a failure is never silent.
@@ -67,6 +74,11 @@ pub struct UploadArgs {
     /// Give up waiting after this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     wait_timeout_s: u64,
+    /// Upload a file even when the server already has a track with exactly
+    /// its bytes (by default that track is reported instead, so running the
+    /// same upload again adds nothing twice; setting a field also uploads).
+    #[arg(long)]
+    duplicates: bool,
     /// What the files are: song, podcast or story.
     #[arg(long, value_name = "KIND", value_parser = ["song", "podcast", "story"])]
     kind: Option<String>,
@@ -109,6 +121,8 @@ struct Outcome {
     /// `refused`, `interrupted`, `unreadable` or `unconfirmed`.
     status: String,
     failure: Option<String>,
+    /// The server had this file's bytes as a track already: nothing sent.
+    existing: bool,
 }
 
 impl Outcome {
@@ -170,7 +184,33 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
         bar.set_style(file_style.clone());
         bar.set_prefix(format!("{}/{}", n + 1, candidates.len()));
         bar.set_message(display_name(&c.path));
-        let outcome = upload_one(&agent, &base, &token, &args, c, &bar, &overall);
+        // With fields given on the command line the submission differs from
+        // what the server holds, so it is a new track.
+        let overrides = [
+            &args.kind,
+            &args.title,
+            &args.artist,
+            &args.album,
+            &args.genre,
+        ]
+        .iter()
+        .any(|f| f.is_some());
+        let existing = if args.duplicates || overrides {
+            None
+        } else {
+            find_existing(&agent, &base, &token, &c.path)
+        };
+        let outcome = match existing {
+            Some(o) => {
+                overall.inc(c.size_bytes);
+                let (path, id) = (o.path.display(), o.track_id.as_deref().unwrap_or("-"));
+                bars.suspend(|| {
+                    eprintln!("already on the server: {path} is track {id} (--duplicates uploads it again)")
+                });
+                o
+            }
+            None => upload_one(&agent, &base, &token, &args, c, &bar, &overall),
+        };
         bar.finish_and_clear();
         overall.set_prefix(format!("{}/{}", n + 1, candidates.len()));
         // Printed through the bars so the line does not tear them.
@@ -312,6 +352,50 @@ fn encode(value: &str) -> String {
     out
 }
 
+/// The track the server already holds with exactly the bytes of `path`, if
+/// any (`GET /v1/tracks?raw=<BLAKE3 of the file>`). Any trouble asking (an
+/// older server, a network error, an unreadable file) means "none": the
+/// upload then goes ahead and reports the trouble itself.
+fn find_existing(agent: &ureq::Agent, base: &str, token: &str, path: &Path) -> Option<Outcome> {
+    let mut file = File::open(path).ok()?;
+    // A blob's content id is the BLAKE3 hash of its bytes.
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    let raw = hasher.finalize().to_hex();
+    let response = agent
+        .get(format!("{base}/v1/tracks?raw={raw}"))
+        .header("Authorization", &format!("Bearer {token}"))
+        .call()
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&read_body(response)).ok()?;
+    let first = v["items"].as_array()?.first()?;
+    let status = first["status"].as_str()?.to_owned();
+    let failure = first["failure_reason"].as_str().map(str::to_owned);
+    Some(Outcome {
+        path: path.to_path_buf(),
+        track_id: Some(first["id"].as_str()?.to_owned()),
+        failure: match (status.as_str(), failure) {
+            ("failed", None) => Some("the server gave no reason".into()),
+            (_, f) => f,
+        },
+        status,
+        existing: true,
+    })
+}
+
 fn upload_one(
     agent: &ureq::Agent,
     base: &str,
@@ -326,6 +410,7 @@ fn upload_one(
         track_id: None,
         status: status.to_owned(),
         failure: Some(why),
+        existing: false,
     };
     let mut query = format!("filename={}", encode(&display_name(&c.path)));
     let fields = [
@@ -408,6 +493,7 @@ fn upload_one(
             track_id: Some(id.to_owned()),
             status: json["status"].as_str().unwrap_or("accepted").to_owned(),
             failure: json["failure_reason"].as_str().map(str::to_owned),
+            existing: false,
         },
         None => failed(
             "unconfirmed",
@@ -502,6 +588,7 @@ fn wait_all(agent: &ureq::Agent, base: &str, outcomes: &mut [Outcome], timeout: 
 /// Prints the totals and decides the exit code.
 fn summarize(outcomes: &[Outcome], skipped: usize, waited: bool) -> anyhow::Result<()> {
     let accepted = outcomes.iter().filter(|o| o.track_id.is_some()).count();
+    let existing = outcomes.iter().filter(|o| o.existing).count();
     let not_uploaded = outcomes.len() - accepted;
     let failed: Vec<&Outcome> = outcomes
         .iter()
@@ -514,8 +601,14 @@ fn summarize(outcomes: &[Outcome], skipped: usize, waited: bool) -> anyhow::Resu
     let mut err = std::io::stderr().lock();
     let _ = writeln!(
         err,
-        "uploaded {accepted} of {} audio files ({skipped} other files skipped){}",
+        "uploaded {} of {} audio files ({}{skipped} other files skipped){}",
+        accepted - existing,
         outcomes.len(),
+        if existing > 0 {
+            format!("{existing} already on the server, ")
+        } else {
+            String::new()
+        },
         if waited {
             format!(
                 "; {} ready, {} failed, {unfinished} still processing",

@@ -42,6 +42,36 @@ pub const GENRE_TRACKS_KEYSPACE: &str = "cat_genre_tracks";
 pub const ARTISTS_KEYSPACE: &str = "cat_artists";
 pub const ARTIST_TRACKS_KEYSPACE: &str = "cat_artist_tracks";
 pub const ALBUM_TRACKS_KEYSPACE: &str = "cat_album_tracks";
+/// Tracks of every status by the content id of their original: key
+/// `<raw blob id hex><track id>`, empty value. Lets an uploader ask whether
+/// the same bytes are a track already (`GET /v1/tracks?raw=`).
+pub const TRACKS_BY_RAW_KEYSPACE: &str = "tracks_by_raw";
+
+fn raw_key(track: &Track) -> Vec<u8> {
+    format!("{}{}", track.raw.blob_id, track.id).into_bytes()
+}
+
+/// Ids of the tracks whose original has content id `raw_blob_id` (64 hex
+/// digits), oldest key order; at most `limit`.
+pub fn tracks_with_raw(
+    store: &MetaStore,
+    raw_blob_id: &str,
+    limit: usize,
+) -> Result<Vec<String>, spindle_engine::meta::Error> {
+    let page = store.scan_prefix(
+        TRACKS_BY_RAW_KEYSPACE,
+        raw_blob_id.as_bytes(),
+        Direction::Forward,
+        None,
+        limit,
+    )?;
+    Ok(page
+        .items
+        .iter()
+        .filter_map(|(k, _)| std::str::from_utf8(k.get(raw_blob_id.len()..)?).ok())
+        .map(str::to_owned)
+        .collect())
+}
 
 /// Most items of one listing page.
 pub const PAGE_LIMIT_MAX: usize = 500;
@@ -327,6 +357,15 @@ pub fn memberships(track: &Track) -> BTreeMap<(&'static str, Vec<u8>), Member> {
 /// track record, with `old` the value that batch replaces (guard it with
 /// `batch.require`), so catalog and track commit together.
 pub fn index_track(batch: &mut Batch, old: Option<&Track>, new: Option<&Track>) {
+    let (raw_before, raw_after) = (old.map(raw_key), new.map(raw_key));
+    if raw_before != raw_after {
+        if let Some(k) = raw_before {
+            batch.delete(TRACKS_BY_RAW_KEYSPACE, k);
+        }
+        if let Some(k) = raw_after {
+            batch.put(TRACKS_BY_RAW_KEYSPACE, k, b"");
+        }
+    }
     let before = old.map(memberships).unwrap_or_default();
     let after = new.map(memberships).unwrap_or_default();
     for (ks, k) in before.keys() {
