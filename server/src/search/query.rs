@@ -46,7 +46,7 @@ pub const COMBINATIONS_MAX: usize = 64;
 /// Most posting-list moves (seeks) spent on one kind of result: bounds a
 /// query whose words are each common but rare together, whose combinations
 /// are long walks that find little.
-pub const SEEKS_MAX: u64 = 200_000;
+pub const SEEKS_MAX: u64 = 100_000;
 
 /// Scores of a term matching exactly, by prefix and by typo, by field role
 /// (title, artist, album).
@@ -173,26 +173,44 @@ fn term_tiers(
     Ok(tiers)
 }
 
-/// The options of every word for one kind of document, each list sorted by
-/// decreasing score. An empty list: that word matches nothing here.
-fn word_options(
+/// The present tiers of every term, by word, alternative and term.
+type Tiers = Vec<Vec<Vec<Vec<(f32, Source)>>>>;
+
+fn all_tiers(
     searcher: &Searcher,
     fields: &KindFields,
     words: &[analyze::QueryWord],
     dfas: &[Vec<Vec<Option<DFA>>>],
-) -> Result<Vec<Vec<WordOption>>> {
+) -> Result<Tiers> {
     let mut out = Vec::with_capacity(words.len());
     for (word, word_dfas) in words.iter().zip(dfas) {
-        let mut options: Vec<WordOption> = Vec::new();
+        let mut alts = Vec::with_capacity(word.len());
         for (alternative, alt_dfas) in word.iter().zip(word_dfas) {
+            let mut terms = Vec::with_capacity(alternative.len());
+            for (t, dfa) in alternative.iter().zip(alt_dfas) {
+                terms.push(term_tiers(searcher, fields, t, dfa.as_ref())?);
+            }
+            alts.push(terms);
+        }
+        out.push(alts);
+    }
+    Ok(out)
+}
+
+/// The options of every word, each list sorted by decreasing score. An
+/// empty list: that word matches nothing here.
+fn word_options(tiers: &Tiers) -> Vec<Vec<WordOption>> {
+    let mut out = Vec::with_capacity(tiers.len());
+    for word in tiers {
+        let mut options: Vec<WordOption> = Vec::new();
+        for alternative in word {
             // The cross product of the terms' tiers: small, since only
             // present tiers count (and an alternative has few terms).
             let mut partial: Vec<(f32, Vec<Source>)> = vec![(0.0, Vec::new())];
-            for (t, dfa) in alternative.iter().zip(alt_dfas) {
-                let tiers = term_tiers(searcher, fields, t, dfa.as_ref())?;
-                let mut next = Vec::with_capacity(partial.len() * tiers.len());
+            for term_tiers in alternative {
+                let mut next = Vec::with_capacity(partial.len() * term_tiers.len());
                 for (sum, sources) in &partial {
-                    for (score, source) in &tiers {
+                    for (score, source) in term_tiers {
                         let mut s = sources.clone();
                         s.push(source.clone());
                         next.push((sum + score, s));
@@ -218,7 +236,7 @@ fn word_options(
         options.sort_by(|a, b| b.score.total_cmp(&a.score));
         out.push(options);
     }
-    Ok(out)
+    out
 }
 
 /// The automata of every term that may match by typo, built once per query
@@ -283,6 +301,216 @@ fn open(seg: &tantivy::SegmentReader, source: &Source) -> Result<Option<Postings
     Ok((!ps.is_empty()).then_some(Postings(ps)))
 }
 
+/// Most documents [`score_candidates`] scores.
+#[cfg(test)]
+const CANDIDATES_MAX: usize = 1_000;
+
+/// A tree of document sets: postings, any of, all of (with its current
+/// document).
+#[cfg(test)]
+enum Node {
+    Leaf(Postings),
+    Or(Vec<Node>),
+    And(Vec<Node>, DocId),
+}
+
+#[cfg(test)]
+impl Node {
+    /// All of `children`, positioned on their first common document.
+    fn all(mut children: Vec<Node>, seeks: &mut u64) -> Node {
+        let doc = align(&mut children, 0, seeks);
+        Node::And(children, doc)
+    }
+
+    fn doc(&self) -> DocId {
+        match self {
+            Node::Leaf(p) => p.doc(),
+            Node::Or(c) => c.iter().map(Node::doc).min().unwrap_or(TERMINATED),
+            Node::And(_, d) => *d,
+        }
+    }
+
+    /// Moves to the first document at or after `target`.
+    fn seek(&mut self, target: DocId, seeks: &mut u64) -> DocId {
+        *seeks += 1;
+        match self {
+            Node::Leaf(p) => p.seek(target),
+            Node::Or(c) => {
+                let mut min = TERMINATED;
+                for n in c.iter_mut() {
+                    let d = if n.doc() < target {
+                        n.seek(target, seeks)
+                    } else {
+                        n.doc()
+                    };
+                    min = min.min(d);
+                }
+                min
+            }
+            Node::And(c, d) => {
+                if *d < target {
+                    *d = align(c, target, seeks);
+                }
+                *d
+            }
+        }
+    }
+}
+
+/// Moves every child to the first document at or after `target` that all
+/// of them hold.
+#[cfg(test)]
+fn align(children: &mut [Node], target: DocId, seeks: &mut u64) -> DocId {
+    if children.is_empty() {
+        return TERMINATED;
+    }
+    let mut candidate = target;
+    loop {
+        let mut moved = false;
+        for c in children.iter_mut() {
+            let d = if c.doc() < candidate {
+                c.seek(candidate, seeks)
+            } else {
+                c.doc()
+            };
+            if d > candidate {
+                candidate = d;
+                moved = true;
+            }
+        }
+        if candidate == TERMINATED || !moved {
+            return candidate;
+        }
+    }
+}
+
+/// The tests' reference for [`walk`]: when at most [`CANDIDATES_MAX`]
+/// documents match every word, scores each of them exactly (every tier's
+/// postings sought in document order) and returns the best `want`; `None`
+/// when more match. (As a first step of real queries it cost more than it
+/// saved: reaching its cap on two common words decodes most of their
+/// postings, where the walk stops after `want`.)
+#[cfg(test)]
+fn score_candidates(
+    searcher: &Searcher,
+    tiers: &Tiers,
+    filter: &Filter<'_>,
+    want: usize,
+    seeks: &mut u64,
+) -> Result<Option<Vec<(f32, DocAddress)>>> {
+    let mut candidates: Vec<DocAddress> = Vec::new();
+    for (seg_ord, seg) in searcher.segment_readers().iter().enumerate() {
+        let mut words = Vec::with_capacity(tiers.len());
+        for word in tiers {
+            let mut alts = Vec::with_capacity(word.len());
+            for alt in word {
+                let mut terms = Vec::with_capacity(alt.len());
+                for term_tiers in alt {
+                    let mut ps = Vec::new();
+                    for (_, source) in term_tiers {
+                        if let Some(Postings(p)) = open(seg, source)? {
+                            ps.extend(p);
+                        }
+                    }
+                    terms.push(Node::Leaf(Postings(ps)));
+                }
+                alts.push(Node::all(terms, seeks));
+            }
+            words.push(Node::Or(alts));
+        }
+        let mut root = Node::all(words, seeks);
+        let alive = seg.alive_bitset();
+        let kind = filter.kind.map(|(code, cols)| (code, cols.get(seg_ord)));
+        let mut doc = root.doc();
+        while doc != TERMINATED {
+            if *seeks >= SEEKS_MAX {
+                return Ok(None);
+            }
+            if alive.is_none_or(|a| a.is_alive(doc)) && kind_matches(kind, doc) {
+                candidates.push(DocAddress::new(seg_ord as u32, doc));
+                if candidates.len() > CANDIDATES_MAX {
+                    return Ok(None);
+                }
+            }
+            doc = root.seek(doc + 1, seeks);
+        }
+    }
+    let mut scored = Vec::with_capacity(candidates.len());
+    for (seg_ord, seg) in searcher.segment_readers().iter().enumerate() {
+        let docs: Vec<DocId> = candidates
+            .iter()
+            .filter(|a| a.segment_ord as usize == seg_ord)
+            .map(|a| a.doc_id)
+            .collect();
+        if docs.is_empty() {
+            continue;
+        }
+        // Fresh postings of every tier, [word][alternative][term][tier].
+        let mut open_tiers = Vec::with_capacity(tiers.len());
+        for word in tiers {
+            let mut alts = Vec::with_capacity(word.len());
+            for alt in word {
+                let mut terms = Vec::with_capacity(alt.len());
+                for term_tiers in alt {
+                    let mut t = Vec::with_capacity(term_tiers.len());
+                    for (score, source) in term_tiers {
+                        t.push((*score, open(seg, source)?));
+                    }
+                    terms.push(t);
+                }
+                alts.push(terms);
+            }
+            open_tiers.push(alts);
+        }
+        for doc in docs {
+            let mut total = 0.0f32;
+            for word in open_tiers.iter_mut() {
+                let mut best_word: Option<f32> = None;
+                for alt in word.iter_mut() {
+                    let n = alt.len().max(1) as f32;
+                    let mut sum = 0.0f32;
+                    let mut all = true;
+                    for term in alt.iter_mut() {
+                        // Tiers are best first: the first holding `doc`.
+                        let mut best = None;
+                        for (score, p) in term.iter_mut() {
+                            if let Some(p) = p {
+                                *seeks += 1;
+                                if p.seek(doc) == doc {
+                                    best = Some(*score);
+                                    break;
+                                }
+                            }
+                        }
+                        match best {
+                            Some(b) => sum += b,
+                            None => all = false,
+                        }
+                    }
+                    if all {
+                        let mean = sum / n;
+                        best_word = Some(best_word.map_or(mean, |b| b.max(mean)));
+                    }
+                }
+                total += best_word.unwrap_or(0.0);
+            }
+            scored.push((total, DocAddress::new(seg_ord as u32, doc)));
+        }
+    }
+    // Stable: equal scores stay in document order, as in the walk.
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    scored.truncate(want);
+    Ok(Some(scored))
+}
+
+fn kind_matches(kind: Option<(u64, Option<&Column<u64>>)>, doc: DocId) -> bool {
+    match kind {
+        Some((code, Some(col))) => col.first(doc) == Some(code),
+        Some((_, None)) => false,
+        None => true,
+    }
+}
+
 /// A filter on the documents taken (besides being alive): of this kind
 /// code, read from these columns (one per segment).
 pub struct Filter<'a> {
@@ -299,18 +527,34 @@ pub fn top_documents(
     filter: &Filter<'_>,
     want: usize,
 ) -> Result<Vec<(f32, DocAddress)>> {
-    let mut out = Vec::new();
     if words.is_empty() || want == 0 {
-        return Ok(out);
+        return Ok(Vec::new());
     }
-    let options = word_options(searcher, fields, words, dfas)?;
+    let tiers = all_tiers(searcher, fields, words, dfas)?;
+    let options = word_options(&tiers);
     if options.iter().any(Vec::is_empty) {
+        return Ok(Vec::new());
+    }
+    let mut seeks = 0u64;
+    walk(searcher, &options, filter, want, &mut seeks)
+}
+
+/// The best-first walk over the combinations of `options` (see the module
+/// doc), within the seek budget.
+fn walk(
+    searcher: &Searcher,
+    options: &[Vec<WordOption>],
+    filter: &Filter<'_>,
+    want: usize,
+    seeks: &mut u64,
+) -> Result<Vec<(f32, DocAddress)>> {
+    let mut out = Vec::new();
+    if options.is_empty() || options.iter().any(Vec::is_empty) {
         return Ok(out);
     }
     let mut seen: HashSet<DocAddress> = HashSet::new();
     // Best-first over the index vectors (one option index per word).
-    let score_of =
-        |ix: &[usize]| -> f32 { ix.iter().zip(&options).map(|(&i, o)| o[i].score).sum() };
+    let score_of = |ix: &[usize]| -> f32 { ix.iter().zip(options).map(|(&i, o)| o[i].score).sum() };
     let mut heap: BinaryHeap<Ranked> = BinaryHeap::new();
     let mut queued: HashSet<Vec<usize>> = HashSet::new();
     let first = vec![0usize; options.len()];
@@ -320,15 +564,14 @@ pub fn top_documents(
     });
     queued.insert(first);
     let mut evaluated = 0usize;
-    let mut seeks = 0u64;
     while let Some(Ranked { score, ix }) = heap.pop() {
-        if out.len() >= want || evaluated >= COMBINATIONS_MAX || seeks >= SEEKS_MAX {
+        if out.len() >= want || evaluated >= COMBINATIONS_MAX || *seeks >= SEEKS_MAX {
             break;
         }
         evaluated += 1;
         let sources: Vec<&Source> = ix
             .iter()
-            .zip(&options)
+            .zip(options)
             .flat_map(|(&i, o)| o[i].sources.iter())
             .collect();
         for (seg_ord, seg) in searcher.segment_readers().iter().enumerate() {
@@ -350,12 +593,12 @@ pub fn top_documents(
             let alive = seg.alive_bitset();
             let kind = filter.kind.map(|(code, cols)| (code, cols.get(seg_ord)));
             let mut doc = sets[0].doc();
-            'docs: while doc != TERMINATED && out.len() < want && seeks < SEEKS_MAX {
+            'docs: while doc != TERMINATED && out.len() < want && *seeks < SEEKS_MAX {
                 // Move every list to the first document all of them hold.
                 loop {
                     let mut moved = false;
                     for set in sets.iter_mut() {
-                        seeks += 1;
+                        *seeks += 1;
                         let d = set.seek(doc);
                         if d > doc {
                             doc = d;
@@ -369,17 +612,12 @@ pub fn top_documents(
                         break;
                     }
                 }
-                let ok = alive.is_none_or(|a| a.is_alive(doc))
-                    && match kind {
-                        Some((code, Some(col))) => col.first(doc) == Some(code),
-                        Some((_, None)) => false,
-                        None => true,
-                    };
+                let ok = alive.is_none_or(|a| a.is_alive(doc)) && kind_matches(kind, doc);
                 let addr = DocAddress::new(seg_ord as u32, doc);
                 if ok && seen.insert(addr) {
                     out.push((score, addr));
                 }
-                seeks += 1;
+                *seeks += 1;
                 doc = sets[0].seek(doc + 1);
             }
         }
@@ -423,5 +661,128 @@ impl Ord for Ranked {
         self.score
             .total_cmp(&other.score)
             .then_with(|| other.ix.cmp(&self.ix))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::track::Kind;
+
+    /// An index in memory of `n` tracks titled from a small vocabulary, so
+    /// words meet often and rarely.
+    fn index(n: u64) -> (tantivy::Index, super::super::Fields) {
+        let (schema, fields) = super::super::schema();
+        let index = tantivy::Index::create_in_ram(schema);
+        index.tokenizers().register(
+            super::super::TOKENIZER,
+            tantivy::tokenizer::TextAnalyzer::builder(
+                tantivy::tokenizer::WhitespaceTokenizer::default(),
+            )
+            .build(),
+        );
+        let writer = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        let mut docs = super::super::DocWriter {
+            writer,
+            fields,
+            added: 0,
+        };
+        let vocab = ["love", "lovers", "night", "nights", "fire", "rain", "river"];
+        for i in 0..n {
+            let w = |k: u64| vocab[((i / k) % vocab.len() as u64) as usize];
+            let title = format!("{} {}", w(1), w(7));
+            let artist = format!("{} band", w(49));
+            let album = format!("{} {}", w(3), w(11));
+            let id = format!("{i:032x}");
+            docs.add(
+                &format!("t:{id}"),
+                super::super::TYPE_TRACK,
+                if i % 3 == 0 {
+                    Kind::Podcast
+                } else {
+                    Kind::Song
+                },
+                &id,
+                "{}",
+                [&title, &artist, &album],
+            )
+            .unwrap();
+        }
+        docs.writer.commit().unwrap();
+        (index, fields)
+    }
+
+    #[test]
+    fn scoring_candidates_and_the_walk_agree() {
+        let (index, fields) = index(3000);
+        let searcher = index.reader().unwrap().searcher();
+        let track_fields = &fields.by_type[super::super::TYPE_TRACK];
+        for q in [
+            "love night",
+            "lovr nigth",
+            "love lovers",
+            "fire rain river",
+            "lo ni",
+            "night band",
+            "rain/river",
+        ] {
+            let words = analyze::query_words(q);
+            let dfas = typo_automata(&words);
+            let tiers = all_tiers(&searcher, track_fields, &words, &dfas).unwrap();
+            let options = word_options(&tiers);
+            let filter = Filter { kind: None };
+            let mut seeks = 0;
+            // Room for every match, so both must return them all.
+            let want = 100_000;
+            let scored = score_candidates(&searcher, &tiers, &filter, want, &mut seeks).unwrap();
+            let mut seeks = 0;
+            let walked = walk(&searcher, &options, &filter, want, &mut seeks).unwrap();
+            let key = |v: &[(f32, DocAddress)]| {
+                let mut k: Vec<(u32, u32, u32)> = v
+                    .iter()
+                    .map(|(s, a)| ((s * 1000.0) as u32, a.segment_ord, a.doc_id))
+                    .collect();
+                k.sort();
+                k
+            };
+            match scored {
+                Some(scored) => {
+                    assert!(!scored.is_empty(), "{q:?} matches something");
+                    assert_eq!(key(&scored), key(&walked), "{q:?}");
+                    // Best first.
+                    assert!(scored.windows(2).all(|w| w[0].0 >= w[1].0), "{q:?}");
+                }
+                // More than CANDIDATES_MAX match: the walk alone answers.
+                None => assert!(walked.len() > CANDIDATES_MAX, "{q:?}"),
+            }
+            assert!(walked.windows(2).all(|w| w[0].0 >= w[1].0), "{q:?}");
+            // A short list is the top of the long one.
+            let top = top_documents(&searcher, track_fields, &words, &dfas, &filter, 20).unwrap();
+            assert_eq!(top.len(), walked.len().min(20), "{q:?}");
+            for (i, (score, _)) in top.iter().enumerate() {
+                assert_eq!(*score, walked[i].0, "{q:?} rank {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_seek_budget_bounds_a_query_and_keeps_the_top() {
+        let (index, fields) = index(3000);
+        let searcher = index.reader().unwrap().searcher();
+        let track_fields = &fields.by_type[super::super::TYPE_TRACK];
+        let words = analyze::query_words("love night");
+        let dfas = typo_automata(&words);
+        let tiers = all_tiers(&searcher, track_fields, &words, &dfas).unwrap();
+        let options = word_options(&tiers);
+        let filter = Filter { kind: None };
+        let mut seeks = 0;
+        let all = walk(&searcher, &options, &filter, 100_000, &mut seeks).unwrap();
+        // Nearly spent already: the walk stops early, with a prefix.
+        let mut seeks = SEEKS_MAX - 50;
+        let cut = walk(&searcher, &options, &filter, 100_000, &mut seeks).unwrap();
+        assert!(cut.len() < all.len());
+        for (i, (score, _)) in cut.iter().enumerate() {
+            assert_eq!(*score, all[i].0);
+        }
     }
 }
