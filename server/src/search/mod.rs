@@ -76,14 +76,12 @@ const TOKENIZER: &str = "spindle_terms";
 /// another version (or none: before versions were recorded) is thrown away
 /// and rebuilt from the store when opened. Bump it whenever documents would
 /// be indexed differently.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 /// The file, inside the index directory, recording [`SCHEMA_VERSION`]
 /// (tantivy leaves files it does not manage alone).
 const SCHEMA_VERSION_FILE: &str = "spindle-schema-version";
 /// Block size of the doc store (tantivy's default is 16 KiB).
 const DOCSTORE_BLOCK_BYTES: usize = 4096;
-/// The fast field holding a document's kind code ([`kind_code`]).
-const KIND_FIELD: &str = "kind";
 /// The fast fields holding a document's id ([`id_to_fast`]).
 const ID_HI_FIELD: &str = "id_hi";
 const ID_LO_FIELD: &str = "id_lo";
@@ -160,7 +158,8 @@ impl Default for IndexerConfig {
 #[derive(Clone, Copy)]
 struct Fields {
     doc_key: Field,
-    /// Kind code ([`kind_code`]), a fast field for the kind filter.
+    /// The kind as a term ([`kind_str`]): the kind filter is one more
+    /// posting list in every intersection, so a rare kind leads it.
     kind: Field,
     /// Stored; and as fast fields ([`id_to_fast`]), so that ranking reads
     /// the ids of its candidates without the doc store.
@@ -216,7 +215,7 @@ fn schema() -> (Schema, Fields) {
     ];
     let fields = Fields {
         doc_key: b.add_text_field("doc_key", STRING),
-        kind: b.add_u64_field(KIND_FIELD, FAST),
+        kind: b.add_text_field("kind", STRING),
         id: b.add_text_field("id", STORED),
         id_hi: b.add_u64_field(ID_HI_FIELD, FAST),
         id_lo: b.add_u64_field(ID_LO_FIELD, FAST),
@@ -302,7 +301,6 @@ struct Columns {
     generation: u64,
     /// By segment ordinal, as the other vectors.
     segments: Vec<tantivy::index::SegmentId>,
-    kind: Vec<Column<u64>>,
     id: Vec<[Column<u64>; 3]>,
 }
 
@@ -580,7 +578,7 @@ impl SearchIndex {
         let searcher = self.reader.searcher();
         let columns = self.columns(&searcher)?;
         let filter = query::Filter {
-            kind: kind.map(|k| (kind_code(k), columns.kind.as_slice())),
+            kind: kind.map(|k| Term::from_field_text(self.fields.kind, kind_str(k))),
         };
         // Twice the limit, so that popularity can reorder ties at the edge.
         let want = limit * 2;
@@ -609,31 +607,26 @@ impl SearchIndex {
         let mut c = Columns {
             generation,
             segments: Vec::new(),
-            kind: Vec::new(),
             id: Vec::new(),
         };
         for seg in searcher.segment_readers() {
             let segment = seg.segment_id();
             let known = cached.as_ref().and_then(|old| {
                 let i = old.segments.iter().position(|s| *s == segment)?;
-                Some((old.kind[i].clone(), old.id[i].clone()))
+                Some(old.id[i].clone())
             });
-            let (kind, id) = match known {
-                Some(k) => k,
+            let id = match known {
+                Some(id) => id,
                 None => {
                     let ff = seg.fast_fields();
-                    (
-                        ff.u64(KIND_FIELD)?,
-                        [
-                            ff.u64(ID_HI_FIELD)?,
-                            ff.u64(ID_LO_FIELD)?,
-                            ff.u64(ID_DIGITS_FIELD)?,
-                        ],
-                    )
+                    [
+                        ff.u64(ID_HI_FIELD)?,
+                        ff.u64(ID_LO_FIELD)?,
+                        ff.u64(ID_DIGITS_FIELD)?,
+                    ]
                 }
             };
             c.segments.push(segment);
-            c.kind.push(kind);
             c.id.push(id);
         }
         let c = Arc::new(c);
@@ -704,13 +697,13 @@ impl SearchIndex {
     }
 }
 
-/// The code of a kind in the `kind` fast field (part of the schema: a
-/// change is a [`SCHEMA_VERSION`] change).
-fn kind_code(kind: Kind) -> u64 {
+/// A kind as the `kind` field's term (part of the schema: a change is a
+/// [`SCHEMA_VERSION`] change).
+fn kind_str(kind: Kind) -> &'static str {
     match kind {
-        Kind::Song => 0,
-        Kind::Podcast => 1,
-        Kind::Story => 2,
+        Kind::Song => "song",
+        Kind::Podcast => "podcast",
+        Kind::Story => "story",
     }
 }
 
@@ -734,7 +727,7 @@ impl DocWriter {
         let f = self.fields;
         let mut doc = TantivyDocument::default();
         doc.add_text(f.doc_key, doc_key);
-        doc.add_u64(f.kind, kind_code(kind));
+        doc.add_text(f.kind, kind_str(kind));
         doc.add_text(f.id, id);
         let (hi, lo, digits) = id_to_fast(id);
         doc.add_u64(f.id_hi, hi);

@@ -32,7 +32,6 @@ use std::collections::{BinaryHeap, HashSet};
 use std::sync::OnceLock;
 
 use levenshtein_automata::{Distance, LevenshteinAutomatonBuilder, DFA};
-use tantivy::columnar::Column;
 use tantivy::postings::SegmentPostings;
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{DocAddress, DocId, DocSet, Searcher, Term, TERMINATED};
@@ -394,7 +393,7 @@ fn align(children: &mut [Node], target: DocId, seeks: &mut u64) -> DocId {
 fn score_candidates(
     searcher: &Searcher,
     tiers: &Tiers,
-    filter: &Filter<'_>,
+    filter: &Filter,
     want: usize,
     seeks: &mut u64,
 ) -> Result<Option<Vec<(f32, DocAddress)>>> {
@@ -418,15 +417,21 @@ fn score_candidates(
             }
             words.push(Node::Or(alts));
         }
+        if let Some(kind) = &filter.kind {
+            if let Some(p) = open(seg, &Source::Term(kind.clone()))? {
+                words.push(Node::Leaf(p));
+            } else {
+                continue;
+            }
+        }
         let mut root = Node::all(words, seeks);
         let alive = seg.alive_bitset();
-        let kind = filter.kind.map(|(code, cols)| (code, cols.get(seg_ord)));
         let mut doc = root.doc();
         while doc != TERMINATED {
             if *seeks >= SEEKS_MAX {
                 return Ok(None);
             }
-            if alive.is_none_or(|a| a.is_alive(doc)) && kind_matches(kind, doc) {
+            if alive.is_none_or(|a| a.is_alive(doc)) {
                 candidates.push(DocAddress::new(seg_ord as u32, doc));
                 if candidates.len() > CANDIDATES_MAX {
                     return Ok(None);
@@ -503,18 +508,10 @@ fn score_candidates(
     Ok(Some(scored))
 }
 
-fn kind_matches(kind: Option<(u64, Option<&Column<u64>>)>, doc: DocId) -> bool {
-    match kind {
-        Some((code, Some(col))) => col.first(doc) == Some(code),
-        Some((_, None)) => false,
-        None => true,
-    }
-}
-
-/// A filter on the documents taken (besides being alive): of this kind
-/// code, read from these columns (one per segment).
-pub struct Filter<'a> {
-    pub kind: Option<(u64, &'a [Column<u64>])>,
+/// A filter on the documents taken (besides being alive): holding this
+/// term (the kind), intersected like any other.
+pub struct Filter {
+    pub kind: Option<Term>,
 }
 
 /// Collects, for one kind of document, up to `want` documents in
@@ -524,7 +521,7 @@ pub fn top_documents(
     fields: &KindFields,
     words: &[analyze::QueryWord],
     dfas: &[Vec<Vec<Option<DFA>>>],
-    filter: &Filter<'_>,
+    filter: &Filter,
     want: usize,
 ) -> Result<Vec<(f32, DocAddress)>> {
     if words.is_empty() || want == 0 {
@@ -544,7 +541,7 @@ pub fn top_documents(
 fn walk(
     searcher: &Searcher,
     options: &[Vec<WordOption>],
-    filter: &Filter<'_>,
+    filter: &Filter,
     want: usize,
     seeks: &mut u64,
 ) -> Result<Vec<(f32, DocAddress)>> {
@@ -552,6 +549,7 @@ fn walk(
     if options.is_empty() || options.iter().any(Vec::is_empty) {
         return Ok(out);
     }
+    let kind = filter.kind.clone().map(Source::Term);
     let mut seen: HashSet<DocAddress> = HashSet::new();
     // Best-first over the index vectors (one option index per word).
     let score_of = |ix: &[usize]| -> f32 { ix.iter().zip(options).map(|(&i, o)| o[i].score).sum() };
@@ -573,6 +571,7 @@ fn walk(
             .iter()
             .zip(options)
             .flat_map(|(&i, o)| o[i].sources.iter())
+            .chain(kind.as_ref())
             .collect();
         for (seg_ord, seg) in searcher.segment_readers().iter().enumerate() {
             if out.len() >= want {
@@ -591,7 +590,6 @@ fn walk(
             // The shortest list leads the intersection.
             sets.sort_by_key(Postings::len);
             let alive = seg.alive_bitset();
-            let kind = filter.kind.map(|(code, cols)| (code, cols.get(seg_ord)));
             let mut doc = sets[0].doc();
             'docs: while doc != TERMINATED && out.len() < want && *seeks < SEEKS_MAX {
                 // Move every list to the first document all of them hold.
@@ -612,7 +610,7 @@ fn walk(
                         break;
                     }
                 }
-                let ok = alive.is_none_or(|a| a.is_alive(doc)) && kind_matches(kind, doc);
+                let ok = alive.is_none_or(|a| a.is_alive(doc));
                 let addr = DocAddress::new(seg_ord as u32, doc);
                 if ok && seen.insert(addr) {
                     out.push((score, addr));
@@ -730,37 +728,46 @@ mod tests {
             let dfas = typo_automata(&words);
             let tiers = all_tiers(&searcher, track_fields, &words, &dfas).unwrap();
             let options = word_options(&tiers);
-            let filter = Filter { kind: None };
-            let mut seeks = 0;
-            // Room for every match, so both must return them all.
-            let want = 100_000;
-            let scored = score_candidates(&searcher, &tiers, &filter, want, &mut seeks).unwrap();
-            let mut seeks = 0;
-            let walked = walk(&searcher, &options, &filter, want, &mut seeks).unwrap();
-            let key = |v: &[(f32, DocAddress)]| {
-                let mut k: Vec<(u32, u32, u32)> = v
-                    .iter()
-                    .map(|(s, a)| ((s * 1000.0) as u32, a.segment_ord, a.doc_id))
-                    .collect();
-                k.sort();
-                k
-            };
-            match scored {
-                Some(scored) => {
-                    assert!(!scored.is_empty(), "{q:?} matches something");
-                    assert_eq!(key(&scored), key(&walked), "{q:?}");
-                    // Best first.
-                    assert!(scored.windows(2).all(|w| w[0].0 >= w[1].0), "{q:?}");
+            let kinds = [None, Some(Term::from_field_text(fields.kind, "podcast"))];
+            for kind in kinds {
+                let filter = Filter { kind };
+                let mut seeks = 0;
+                // Room for every match, so both must return them all.
+                let want = 100_000;
+                let scored =
+                    score_candidates(&searcher, &tiers, &filter, want, &mut seeks).unwrap();
+                let mut seeks = 0;
+                let walked = walk(&searcher, &options, &filter, want, &mut seeks).unwrap();
+                let key = |v: &[(f32, DocAddress)]| {
+                    let mut k: Vec<(u32, u32, u32)> = v
+                        .iter()
+                        .map(|(s, a)| ((s * 1000.0) as u32, a.segment_ord, a.doc_id))
+                        .collect();
+                    k.sort();
+                    k
+                };
+                match scored {
+                    Some(scored) => {
+                        assert!(!scored.is_empty(), "{q:?} matches something");
+                        assert_eq!(key(&scored), key(&walked), "{q:?}");
+                        // Best first.
+                        assert!(scored.windows(2).all(|w| w[0].0 >= w[1].0), "{q:?}");
+                    }
+                    // More than CANDIDATES_MAX match: the walk alone answers.
+                    None => assert!(walked.len() > CANDIDATES_MAX, "{q:?}"),
                 }
-                // More than CANDIDATES_MAX match: the walk alone answers.
-                None => assert!(walked.len() > CANDIDATES_MAX, "{q:?}"),
-            }
-            assert!(walked.windows(2).all(|w| w[0].0 >= w[1].0), "{q:?}");
-            // A short list is the top of the long one.
-            let top = top_documents(&searcher, track_fields, &words, &dfas, &filter, 20).unwrap();
-            assert_eq!(top.len(), walked.len().min(20), "{q:?}");
-            for (i, (score, _)) in top.iter().enumerate() {
-                assert_eq!(*score, walked[i].0, "{q:?} rank {i}");
+                assert!(walked.windows(2).all(|w| w[0].0 >= w[1].0), "{q:?}");
+                // A short list is the top of the long one.
+                let top =
+                    top_documents(&searcher, track_fields, &words, &dfas, &filter, 20).unwrap();
+                assert_eq!(top.len(), walked.len().min(20), "{q:?}");
+                for (i, (score, _)) in top.iter().enumerate() {
+                    assert_eq!(*score, walked[i].0, "{q:?} rank {i}");
+                }
+                if filter.kind.is_some() {
+                    // Podcasts are every third document (see `index`).
+                    assert!(walked.iter().all(|(_, a)| a.doc_id % 3 == 0), "{q:?}");
+                }
             }
         }
     }
