@@ -183,7 +183,17 @@ pub async fn run(
         let app2 = app.clone();
         let service = service_fn(move |req| {
             let app = app2.clone();
-            async move { Ok::<_, std::convert::Infallible>(app.handle(req).await) }
+            async move {
+                // hyper serves a keep-alive connection's next request in the
+                // same poll when it is already readable, so on a busy thread
+                // one connection could be served dozens of times in a row
+                // while the others wait (measured: p50 0.27 ms, p99 4.5 ms at
+                // 32 connections). Yielding once per request puts it at the
+                // back of the run queue, round robin like an event loop:
+                // p99 0.46 ms, and twice the requests per second.
+                tokio::task::yield_now().await;
+                Ok::<_, std::convert::Infallible>(app.handle(req).await)
+            }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
