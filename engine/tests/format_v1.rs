@@ -9,6 +9,12 @@
 //! version, as a new directory): `SPINDLE_WRITE_FIXTURE=1 cargo test -p
 //! spindle-engine --test format_v1`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test: a failed step is a failed test"
+)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
