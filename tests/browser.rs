@@ -549,6 +549,30 @@ fn player_searches_plays_seeks_in_chromium() {
             );
         }
     }
+
+    // The upload page checks a token with the server when it is saved.
+    cdp.call("Page.navigate", json!({"url": format!("{base}/#/upload")}));
+    cdp.wait_for(
+        "!!document.querySelector('#token')",
+        Duration::from_secs(10),
+    );
+    let save = |cdp: &mut Cdp, t: &str| {
+        cdp.eval(&format!(
+            "document.querySelector('#token').value = {}; \
+             [...document.querySelectorAll('button')].find(b => b.textContent === 'Save token').click()",
+            serde_json::to_string(t).unwrap()
+        ));
+    };
+    save(&mut cdp, "not-a-token");
+    cdp.wait_for(
+        "document.querySelector('main').innerText.includes('does not accept this token')",
+        Duration::from_secs(10),
+    );
+    save(&mut cdp, &token);
+    cdp.wait_for(
+        "document.querySelector('main').innerText.includes('Token accepted')",
+        Duration::from_secs(10),
+    );
     drop(cdp);
     drop(browser);
 }

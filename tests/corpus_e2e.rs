@@ -392,6 +392,14 @@ fn corpus_through_the_upload_tool_survives_a_restart() {
             }
             assert_eq!(t[field], entry[field], "{file}: {field}");
         }
+        // No --kind was given: a file tagged "Podcast" is a podcast, the
+        // rest songs.
+        let kind = if entry["genre"] == "Podcast" {
+            "podcast"
+        } else {
+            "song"
+        };
+        assert_eq!(t["kind"], kind, "{file}: kind from the genre tag");
         assert_eq!(t["channels"], entry["channels"], "{file}: channels");
         let ms = t["duration_ms"].as_f64().unwrap();
         let want = entry["duration_s"].as_f64().unwrap() * 1000.0;

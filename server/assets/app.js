@@ -620,9 +620,27 @@ function uploadView() {
   const token = el("input", { id: "token", type: "password", autocomplete: "off", value: store.get("token", ""), placeholder: "creator token" });
   const saved = el("span", { class: "muted", role: "status" }, store.get("token", "") ? "Token saved in this browser." : "");
   const saveToken = el("button", {
-    type: "button", onclick: () => { store.set("token", token.value.trim()); saved.textContent = token.value.trim() ? "Token saved in this browser." : "Token cleared."; },
+    type: "button", onclick: async () => {
+      const t = token.value.trim();
+      store.set("token", t);
+      if (!t) { saved.textContent = "Token cleared."; return; }
+      // Ask the server whether it takes this token (a lookup by an id no
+      // track has): 200 for a creator or admin token, 401/403 otherwise.
+      saved.textContent = "Checking the token…";
+      try {
+        await api(`/v1/tracks${qs({ raw: "0".repeat(64) })}`, { headers: { Accept: "application/json", Authorization: `Bearer ${t}` } });
+        saved.textContent = "Token accepted and saved in this browser.";
+      } catch (e) {
+        saved.textContent = e instanceof ApiError && (e.status === 401 || e.status === 403)
+          ? "The server does not accept this token (saved anyway; check tokens.toml)."
+          : `Saved; could not check it: ${e.message}`;
+      }
+    },
   }, "Save token");
-  const kind = el("select", { id: "upload-kind" }, ["song", "podcast", "story"].map((k) => el("option", { value: k }, k)));
+  // Default: let the server decide (a file tagged "Podcast" is a podcast).
+  const kind = el("select", { id: "upload-kind" },
+    el("option", { value: "" }, "from the file (song unless tagged Podcast)"),
+    ["song", "podcast", "story"].map((k) => el("option", { value: k }, k)));
   const genre = el("input", { id: "upload-genre", type: "text", placeholder: "from the file's tags" });
   const files = el("input", { id: "upload-files", type: "file", multiple: true, accept: "audio/*,.flac,.mp3,.ogg,.opus,.m4a,.wav,.aif,.aiff", class: "visually-hidden" });
   const zone = el("label", { class: "dropzone", for: "upload-files" },

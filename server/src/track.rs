@@ -121,6 +121,10 @@ pub struct Track {
     pub id: String,
     pub status: Status,
     pub kind: Kind,
+    /// Whether the uploader chose `kind`; if not, the transcoder may set it
+    /// from the file's genre (a "Podcast" genre makes a podcast).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub kind_submitted: bool,
     #[serde(flatten)]
     pub fields: TrackFields,
     /// The upload as received.
@@ -252,6 +256,25 @@ pub fn new_track_id() -> Result<String, getrandom::Error> {
     Ok(crate::tokens::hex(&bytes))
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Kind {
+    /// The kind a genre name implies, if any: "Podcast(s)" a podcast,
+    /// "Audiobook(s)", "Audio book", "Story", "Stories" a story (case and
+    /// accents folded).
+    pub fn from_genre(genre: &str) -> Option<Kind> {
+        match crate::catalog::genre_key(genre).as_str() {
+            "podcast" | "podcasts" => Some(Kind::Podcast),
+            "audiobook" | "audiobooks" | "audio book" | "audio books" | "story" | "stories" => {
+                Some(Kind::Story)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Whether `s` looks like a track id (so lookups of junk skip the store).
 pub fn is_track_id(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
@@ -266,6 +289,7 @@ mod tests {
             id: "0123456789abcdef0123456789abcdef".into(),
             status: Status::Processing,
             kind: Kind::Podcast,
+            kind_submitted: true,
             fields: TrackFields {
                 title: Some("T".into()),
                 ..TrackFields::default()

@@ -206,14 +206,15 @@ impl Sink {
 /// What the client submitted besides the bytes.
 struct Submission {
     fields: TrackFields,
-    kind: Kind,
+    /// `None` until the client names one.
+    kind: Option<Kind>,
     declared_type: Option<String>,
 }
 
 impl Submission {
     fn apply(&mut self, name: &str, value: String) -> Result<(), ApiError> {
         if name == "kind" {
-            self.kind = value.parse().map_err(ApiError::bad_request)?;
+            self.kind = Some(value.parse().map_err(ApiError::bad_request)?);
             return Ok(());
         }
         self.fields
@@ -232,7 +233,7 @@ pub async fn create_track(
     let limit_bytes = app.config.upload_limit_bytes;
     let mut sub = Submission {
         fields: TrackFields::default(),
-        kind: Kind::Song,
+        kind: None,
         declared_type: None,
     };
     for (name, value) in form_pairs(req.uri().query().unwrap_or("")) {
@@ -407,7 +408,8 @@ async fn commit_track(
     let track = Track {
         id: id.clone(),
         status: Status::Processing,
-        kind: sub.kind,
+        kind: sub.kind.unwrap_or(Kind::Song),
+        kind_submitted: sub.kind.is_some(),
         fields: sub.fields,
         raw: BlobRefJson {
             blob_id: blob.id.to_string(),

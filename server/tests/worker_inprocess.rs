@@ -91,6 +91,7 @@ fn upload(deps: &Deps, bytes: &[u8], fields: TrackFields) -> String {
         id: id.clone(),
         status: Status::Processing,
         kind: Kind::Song,
+        kind_submitted: false,
         fields,
         raw: BlobRefJson {
             blob_id: raw.id.to_string(),

@@ -19,7 +19,9 @@ use spindle_engine::meta::{Batch, Error as MetaError};
 use spindle_engine::queue::Lease;
 
 use super::{now_ms, Deps, WorkerError};
-use crate::track::{BlobRefJson, MediaInfo, Status, Track, BLOB_META_KEYSPACE, TRACKS_KEYSPACE};
+use crate::track::{
+    BlobRefJson, Kind, MediaInfo, Status, Track, BLOB_META_KEYSPACE, TRACKS_KEYSPACE,
+};
 
 /// Keyspace of the per-job ledgers of held blob references.
 pub const HELD_KEYSPACE: &str = "worker_held";
@@ -177,6 +179,20 @@ pub fn apply_ready(old: &Track, c: &Completion) -> Track {
             f.genre = join(&tags.genres);
         }
     }
+    if !t.kind_submitted {
+        // A podcast tagged "Podcast" charts as a podcast without the
+        // uploader having to say so.
+        let implied = t
+            .fields
+            .genre
+            .as_deref()
+            .into_iter()
+            .flat_map(|g| g.split(';'))
+            .find_map(Kind::from_genre);
+        if let Some(kind) = implied {
+            t.kind = kind;
+        }
+    }
     t
 }
 
@@ -274,4 +290,57 @@ fn release<'a>(deps: &Deps, ids: impl Iterator<Item = &'a String>) -> Result<(),
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::track::{Kind, TrackTags};
+
+    fn processing(kind: Kind, kind_submitted: bool) -> Track {
+        serde_json::from_value(serde_json::json!({
+            "id": "0123456789abcdef0123456789abcdef",
+            "status": "processing",
+            "kind": kind,
+            "kind_submitted": kind_submitted,
+            "raw": { "blob_id": "ab".repeat(32), "size_bytes": 1, "media_type": "audio/mpeg" },
+            "created_ms": 1,
+            "updated_ms": 1,
+        }))
+        .unwrap()
+    }
+
+    fn tagged(genres: &[&str]) -> Completion {
+        Completion {
+            tiers: BTreeMap::new(),
+            media: MediaInfo {
+                tags: Some(TrackTags {
+                    genres: genres.iter().map(|g| g.to_string()).collect(),
+                    ..TrackTags::default()
+                }),
+                ..MediaInfo::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_genre_sets_the_kind_only_when_the_uploader_did_not() {
+        let t = apply_ready(&processing(Kind::Song, false), &tagged(&["Podcast"]));
+        assert_eq!(
+            (t.kind, t.fields.genre.as_deref()),
+            (Kind::Podcast, Some("Podcast"))
+        );
+        let t = apply_ready(
+            &processing(Kind::Song, false),
+            &tagged(&["Rock", "Audiobooks"]),
+        );
+        assert_eq!(t.kind, Kind::Story);
+        let t = apply_ready(&processing(Kind::Song, false), &tagged(&["Rock"]));
+        assert_eq!(t.kind, Kind::Song);
+        // The uploader said song: a "Podcast" genre does not override that.
+        let t = apply_ready(&processing(Kind::Song, true), &tagged(&["Podcast"]));
+        assert_eq!(t.kind, Kind::Song);
+        assert_eq!(Kind::from_genre("  PÔDCASTS "), Some(Kind::Podcast));
+        assert_eq!(Kind::from_genre("Podcast music"), None);
+    }
 }
