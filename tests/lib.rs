@@ -501,6 +501,32 @@ pub fn read_one_response(
     Ok(Some(HttpResponse { body, ..head }))
 }
 
+/// A mono 16-bit PCM WAV of `seconds` of a `freq_hz` sine at 8 kHz (a real
+/// file the transcoder accepts; different frequencies give different bytes).
+pub fn tone_wav(seconds: f64, freq_hz: f64) -> Vec<u8> {
+    let rate = 8000u32;
+    let frames = (seconds * f64::from(rate)) as u32;
+    let mut out = Vec::with_capacity(44 + frames as usize * 2);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + frames * 2).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    out.extend_from_slice(&1u16.to_le_bytes()); // mono
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * 2).to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&(frames * 2).to_le_bytes());
+    for i in 0..frames {
+        let t = f64::from(i) / f64::from(rate);
+        let v = (t * freq_hz * std::f64::consts::TAU).sin() * 0.3 * f64::from(i16::MAX);
+        out.extend_from_slice(&(v as i16).to_le_bytes());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,30 +552,4 @@ mod tests {
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab", false).is_err());
         assert!(parse_response(b"garbage", false).is_err());
     }
-}
-
-/// A mono 16-bit PCM WAV of `seconds` of a `freq_hz` sine at 8 kHz (a real
-/// file the transcoder accepts; different frequencies give different bytes).
-pub fn tone_wav(seconds: f64, freq_hz: f64) -> Vec<u8> {
-    let rate = 8000u32;
-    let frames = (seconds * f64::from(rate)) as u32;
-    let mut out = Vec::with_capacity(44 + frames as usize * 2);
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + frames * 2).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    out.extend_from_slice(&1u16.to_le_bytes()); // mono
-    out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate * 2).to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&(frames * 2).to_le_bytes());
-    for i in 0..frames {
-        let t = f64::from(i) / f64::from(rate);
-        let v = (t * freq_hz * std::f64::consts::TAU).sin() * 0.3 * f64::from(i16::MAX);
-        out.extend_from_slice(&(v as i16).to_le_bytes());
-    }
-    out
 }
