@@ -246,18 +246,28 @@ pub async fn run(
     Ok(())
 }
 
+/// Header fields hyper's HTTP/1 parser handles without allocating.
+const HYPER_INLINE_HEADERS: usize = 100;
+
 fn http_builder(config: &ServeConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper answers heads beyond its buffer with a bare 431; smaller
     // excesses reach `App::check_head`, which answers with the JSON 431.
     let buf_bytes = (config.max_header_bytes as usize * 2).max(64 * 1024);
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
         .max_buf_size(buf_bytes)
-        .max_headers((config.max_header_count as usize * 2).min(10_000))
         .keep_alive(true);
+    // hyper parses up to 100 header fields in arrays on the stack; a larger
+    // limit makes it allocate and fill two arrays of that size for every
+    // request (the top user-space cost of a small range). So within 100 its
+    // own limit stands (more fields get its bare 431), above it is set to
+    // the configured count.
+    if config.max_header_count as usize > HYPER_INLINE_HEADERS {
+        http1.max_headers((config.max_header_count as usize).min(10_000));
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
