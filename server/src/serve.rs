@@ -68,6 +68,7 @@ pub enum ServeError {
 /// Runs the server until SIGTERM or SIGINT, on a runtime built for
 /// `config.worker_threads`. Returns once shutdown has completed.
 pub fn run_blocking(config: ServeConfig) -> Result<(), ServeError> {
+    raise_open_files_limit();
     let runtime = if config.worker_threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -87,6 +88,35 @@ pub fn run_blocking(config: ServeConfig) -> Result<(), ServeError> {
     // this bound is only a safety net against a stuck blocking call.
     runtime.shutdown_timeout(Duration::from_secs(5));
     result
+}
+
+/// Raises the soft limit on open files to the hard one. Connections, the
+/// search index and the blob store (one descriptor per segment for writes
+/// and one for its map) all count, and the usual soft default of 1024 is
+/// reached by a store of a few hundred gigabytes.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct passed, nothing
+    // else.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let wanted = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::warn!(
+                    error = %std::io::Error::last_os_error(),
+                    soft = limit.rlim_cur,
+                    "cannot raise the open files limit"
+                );
+            }
+        }
+    }
 }
 
 /// A future that completes on the first SIGTERM or SIGINT.

@@ -37,6 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ::http::header::{self, HeaderMap, HeaderValue};
 use ::http::{Method, Response, StatusCode};
 use bytes::Bytes;
+use spindle_engine::blob::mapped::mapped_source;
 use spindle_engine::blob::{self as engine_blob, BlobId, BlobStore};
 
 use super::body::{Body, BodySender};
@@ -247,7 +248,20 @@ fn produce(store: &BlobStore, id: BlobId, segments: &[Segment], tx: &BodySender)
                     }
                 };
                 for piece in reader {
-                    let item = piece.map_err(|e| stream_error(id, e));
+                    // A streamed chunk may wait in the channel behind a slow
+                    // client; as a slice of the map its page could be dropped
+                    // and read again from disk, unchecked (or raise SIGBUS
+                    // under TLS, which reads it in user space). A heap copy,
+                    // made while the checked pages are hot, cannot change.
+                    let item = piece
+                        .map(|p| {
+                            if mapped_source(&p).is_some() {
+                                Bytes::copy_from_slice(&p)
+                            } else {
+                                p
+                            }
+                        })
+                        .map_err(|e| stream_error(id, e));
                     let failed = item.is_err();
                     if tx.blocking_send(item).is_err() || failed {
                         return;

@@ -12,9 +12,12 @@
 //! `sendfile` without a copy ([`super::sendfile`]). Such a window is cached
 //! only while its pages are locked in memory (`mlock`): an unlocked page
 //! could be dropped and read again from disk, unverified. Pages shared by
-//! two windows are counted, so evicting one never unlocks the other's. If
-//! the process may not lock more memory (`RLIMIT_MEMLOCK`), mapped windows
-//! are simply not cached and every request verifies its bytes again.
+//! two windows are counted, so evicting one never unlocks the other's. The
+//! pages are checked again once locked (a page dropped between the first
+//! check and the lock would have been read again unchecked). If the process
+//! may not lock more memory (`RLIMIT_MEMLOCK`), older windows are evicted to
+//! make room; with none left, the window is answered as a heap copy and not
+//! cached, so no unlocked map page ever reaches a connection.
 //!
 //! **Invariants:** blobs are immutable and named by their content, so a
 //! cached window can never be stale: the same id means the same bytes in any
@@ -82,6 +85,15 @@ impl Inner {
         // `Bytes` keeps its map alive); mlock only pins it.
         let rc = unsafe { libc::mlock(start as *const libc::c_void, count * page_bytes()) };
         if rc != 0 {
+            // A refused mlock may still have locked part of the range: undo
+            // that for the pages no cached window holds.
+            for i in 0..count {
+                let addr = start + i * page_bytes();
+                if !self.pinned_pages.contains_key(&addr) {
+                    // SAFETY: as above.
+                    unsafe { libc::munlock(addr as *const libc::c_void, page_bytes()) };
+                }
+            }
             if !self.pin_refused {
                 self.pin_refused = true;
                 tracing::warn!(
@@ -209,19 +221,64 @@ impl WindowCache {
                 data.len()
             )));
         }
+        if mapped_source(&data).is_none() {
+            self.insert(key, data.clone());
+            return Ok(data);
+        }
+        // A mapped window is cached only with its pages locked. When the
+        // kernel refuses (RLIMIT_MEMLOCK), older windows make room; with none
+        // left the bytes go out as a heap copy, so nothing later touches
+        // unlocked map pages (which could be re-read from disk unverified).
+        {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            if let Some(w) = inner.windows.get(&key) {
+                return Ok(w.clone());
+            }
+            while !inner.pin(&data) {
+                if !inner.evict_one() {
+                    return Ok(Bytes::copy_from_slice(&data));
+                }
+            }
+        }
+        // The pages were checked before they were locked; a page reclaimed
+        // in between would have been read again unchecked. Now that they
+        // cannot go, check them once more (the engine verifies every read).
+        let checked = match read_exact(store, id, start..start + len) {
+            Ok(b) if b.as_ptr() == data.as_ptr() && b.len() == data.len() => b,
+            other => {
+                self.lock().unpin(&data);
+                other?;
+                return Ok(Bytes::copy_from_slice(&data));
+            }
+        };
+        let mut guard = self.lock();
+        if let Some(w) = guard.windows.get(&key) {
+            // Another reader cached it meanwhile: keep theirs.
+            let w = w.clone();
+            guard.unpin(&data);
+            return Ok(w);
+        }
+        drop(guard);
+        self.insert(key, checked.clone());
+        Ok(checked)
+    }
+
+    /// Caches `data` under `key` (mapped windows already pinned) and evicts
+    /// past the capacity; a key already present keeps its window.
+    fn insert(&self, key: (BlobId, u64), data: Bytes) {
         let mut guard = self.lock();
         let inner = &mut *guard;
         if inner.windows.contains_key(&key) {
-            return Ok(data);
+            if mapped_source(&data).is_some() {
+                inner.unpin(&data);
+            }
+            return;
         }
-        if mapped_source(&data).is_some() && !inner.pin(&data) {
-            return Ok(data);
-        }
-        inner.windows.insert(key, data.clone());
+        inner.cached_bytes += data.len() as u64;
+        inner.windows.insert(key, data);
         inner.order.push_back(key);
-        inner.cached_bytes += len;
         while inner.cached_bytes > self.capacity_bytes && inner.evict_one() {}
-        Ok(data)
     }
 }
 

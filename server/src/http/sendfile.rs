@@ -16,8 +16,10 @@
 //!   exactly as `writev` would; a slice is never reordered or skipped.
 //! - The bytes sent by `sendfile` are the slice's bytes: the map shows the
 //!   file at the same offsets and segment bytes do not change (see
-//!   [`spindle_engine::blob::mapped`]). The kernel reads them from the page
-//!   cache at send time, moments after the store verified them there.
+//!   [`spindle_engine::blob::mapped`]). The only mapped slices that reach a
+//!   connection are cached windows, whose pages stay locked in memory since
+//!   they were verified ([`super::cache`]); streamed chunks and uncached
+//!   windows are heap copies.
 //! - The head before a mapped body goes out with `MSG_MORE`, so head and
 //!   body leave in the same segments, as one `writev` would send them.
 //! - If `sendfile` is refused (`EINVAL`, `ENOSYS`: a file system without
@@ -107,9 +109,12 @@ impl SendfileStream {
             match sent {
                 Ok(0) => {
                     // The file ended before the slice did: cannot happen for a
-                    // live map; copy rather than report a zero-length write.
-                    self.enabled = false;
-                    return Pin::new(&mut self.inner).poll_write(cx, buf);
+                    // live map, and reading those map pages would raise
+                    // SIGBUS, so the response fails instead.
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "segment file shorter than its mapped slice",
+                    )));
                 }
                 Ok(n) => {
                     SENDFILE_BYTES_TOTAL.fetch_add(n as u64, Ordering::Relaxed);
