@@ -115,6 +115,10 @@ impl App {
         // connection sends them with sendfile (see `http::sendfile`).
         let blobs = BlobStore::open_dir(&blob_dir, config.io_backend, blob_config)?;
         let meta = MetaStore::open(meta_storage, MetaConfig::default(), Arc::new(SystemClock))?;
+        let backfilled = crate::catalog::backfill_tracks_by_raw(&meta)?;
+        if backfilled > 0 {
+            tracing::info!(tracks = backfilled, "indexed existing tracks by content");
+        }
         let queue = Queue::new(&meta, TRANSCODE_QUEUE, QueueConfig::default())?;
         let (tokens, new_tokens) = Tokens::load_or_create(&meta, &config.tokens_path())?;
         let discovery = crate::catalog::http::Discovery::open(&meta, &config.data_dir)?;

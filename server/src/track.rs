@@ -123,7 +123,9 @@ pub struct Track {
     pub kind: Kind,
     /// Whether the uploader chose `kind`; if not, the transcoder may set it
     /// from the file's genre (a "Podcast" genre makes a podcast).
-    #[serde(default, skip_serializing_if = "is_false")]
+    /// Records written before this field existed read as `true`: their
+    /// kind is left as it is.
+    #[serde(default = "yes")]
     pub kind_submitted: bool,
     #[serde(flatten)]
     pub fields: TrackFields,
@@ -256,8 +258,8 @@ pub fn new_track_id() -> Result<String, getrandom::Error> {
     Ok(crate::tokens::hex(&bytes))
 }
 
-fn is_false(b: &bool) -> bool {
-    !*b
+fn yes() -> bool {
+    true
 }
 
 impl Kind {

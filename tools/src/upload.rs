@@ -20,9 +20,9 @@
 //!   (`processing` there means it did not finish within `--wait-timeout-s`).
 //!   The last line of a path is its final word.
 //!
-//! - A file whose exact bytes are a track already (asked with
-//!   `GET /v1/tracks?raw=<BLAKE3 of the file>`) is not sent again: its line
-//!   names that track and its status, so running the same upload twice (after
+//! - A file whose exact bytes are a ready or processing track already (asked
+//!   with `GET /v1/tracks?raw=<BLAKE3 of the file>`) is not sent again: its
+//!   line names that track and its status (a failed one is retried), so running the same upload twice (after
 //!   an interruption, say) adds nothing twice. `--duplicates` sends anyway,
 //!   and so does a run that sets fields (`--title` and the like): that is a
 //!   different submission.
@@ -381,17 +381,17 @@ fn find_existing(agent: &ureq::Agent, base: &str, token: &str, path: &Path) -> O
         return None;
     }
     let v: serde_json::Value = serde_json::from_str(&read_body(response)).ok()?;
-    let first = v["items"].as_array()?.first()?;
-    let status = first["status"].as_str()?.to_owned();
-    let failure = first["failure_reason"].as_str().map(str::to_owned);
+    // A ready track first, then one still processing. Failed ones do not
+    // count: sending the file again retries it (the failure may have been
+    // the server's, since fixed).
+    let items = v["items"].as_array()?;
+    let pick = |want: &str| items.iter().find(|t| t["status"] == want);
+    let found = pick("ready").or_else(|| pick("processing"))?;
     Some(Outcome {
         path: path.to_path_buf(),
-        track_id: Some(first["id"].as_str()?.to_owned()),
-        failure: match (status.as_str(), failure) {
-            ("failed", None) => Some("the server gave no reason".into()),
-            (_, f) => f,
-        },
-        status,
+        track_id: Some(found["id"].as_str()?.to_owned()),
+        status: found["status"].as_str()?.to_owned(),
+        failure: None,
         existing: true,
     })
 }

@@ -51,8 +51,58 @@ fn raw_key(track: &Track) -> Vec<u8> {
     format!("{}{}", track.raw.blob_id, track.id).into_bytes()
 }
 
+/// Where the catalog notes one-time migrations it has done.
+const CATALOG_META_KEYSPACE: &str = "catalog_meta";
+/// Set once `tracks_by_raw` covers the tracks stored before it existed.
+const TRACKS_BY_RAW_BACKFILLED: &[u8] = b"tracks_by_raw_v1";
+
+/// Adds the `tracks_by_raw` entries of tracks stored before that index
+/// existed, once per store (a marker records it), so duplicate detection
+/// knows them too. Run at open, before anything writes tracks; re-running
+/// an interrupted pass only puts the same keys again. Returns the tracks
+/// seen (0 when already done).
+pub fn backfill_tracks_by_raw(store: &MetaStore) -> Result<u64, spindle_engine::meta::Error> {
+    if store
+        .get(CATALOG_META_KEYSPACE, TRACKS_BY_RAW_BACKFILLED)?
+        .is_some()
+    {
+        return Ok(0);
+    }
+    let mut seen = 0u64;
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let page = store.scan_prefix(
+            TRACKS_KEYSPACE,
+            b"",
+            Direction::Forward,
+            cursor.as_deref(),
+            1000,
+        )?;
+        let mut batch = Batch::new();
+        for (_, v) in &page.items {
+            // A record that does not parse has no usable raw id; reading it
+            // fails loudly elsewhere.
+            if let Ok(track) = serde_json::from_slice::<Track>(v) {
+                batch.put(TRACKS_BY_RAW_KEYSPACE, raw_key(&track), b"");
+                seen += 1;
+            }
+        }
+        if !batch.is_empty() {
+            store.commit(batch)?;
+        }
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let mut done = Batch::new();
+    done.put(CATALOG_META_KEYSPACE, TRACKS_BY_RAW_BACKFILLED, b"1");
+    store.commit(done)?;
+    Ok(seen)
+}
+
 /// Ids of the tracks whose original has content id `raw_blob_id` (64 hex
-/// digits), oldest key order; at most `limit`.
+/// digits), in track id order (ids are random: no meaning); at most `limit`.
 pub fn tracks_with_raw(
     store: &MetaStore,
     raw_blob_id: &str,
@@ -740,6 +790,52 @@ pub fn is_entity_id(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tracks_stored_before_the_raw_index_are_backfilled_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = spindle_engine::io::open_storage(
+            dir.path(),
+            spindle_engine::io::BackendChoice::Portable,
+        )
+        .unwrap();
+        let store = MetaStore::open(
+            storage,
+            spindle_engine::meta::MetaConfig::default(),
+            std::sync::Arc::new(spindle_engine::clock::SystemClock),
+        )
+        .unwrap();
+        let raw = "cd".repeat(32);
+        let mut batch = Batch::new();
+        for n in 0..1500u32 {
+            // As an older version wrote them: the record without the index.
+            let track: Track = serde_json::from_value(serde_json::json!({
+                "id": format!("{n:032x}"),
+                "status": "ready",
+                "kind": "song",
+                "raw": { "blob_id": if n == 7 { raw.clone() } else { format!("{n:064x}") },
+                         "size_bytes": 1, "media_type": "audio/ogg" },
+                "created_ms": 1,
+                "updated_ms": 1,
+            }))
+            .unwrap();
+            batch.put(
+                TRACKS_KEYSPACE,
+                track.id.as_bytes(),
+                serde_json::to_vec(&track).unwrap(),
+            );
+        }
+        store.commit(batch).unwrap();
+        assert!(tracks_with_raw(&store, &raw, 10).unwrap().is_empty());
+        assert_eq!(backfill_tracks_by_raw(&store).unwrap(), 1500);
+        assert_eq!(
+            tracks_with_raw(&store, &raw, 10).unwrap(),
+            vec![format!("{:032x}", 7)]
+        );
+        assert_eq!(store.keyspace_len(TRACKS_BY_RAW_KEYSPACE), 1500);
+        // Done once: the marker stops a second pass.
+        assert_eq!(backfill_tracks_by_raw(&store).unwrap(), 0);
+    }
 
     #[test]
     fn multi_valued_tags_split_and_dedupe() {
