@@ -212,8 +212,12 @@ fn missing_or_wrong_tokens_are_refused() {
         &[("Authorization", "Bearer not-a-token")],
         b"abc",
     );
-    assert_eq!(r.status, 403);
-    assert_eq!(r.error_code(), "forbidden");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.error_code(), "invalid_token");
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("error=\"invalid_token\""));
     let r = server.request(
         "POST",
         "/v1/tracks",
@@ -238,7 +242,7 @@ fn missing_or_wrong_tokens_are_refused() {
         server
             .request("DELETE", &path, &[("Authorization", "Bearer nope")], b"")
             .status,
-        403
+        401
     );
     assert_eq!(
         server.request("GET", &path, &[], b"").status,

@@ -151,7 +151,7 @@ fn uploads_a_folder_and_reports_failures() {
     let stderr = text(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("NOT UPLOADED") && stderr.contains("403"),
+        stderr.contains("NOT UPLOADED") && stderr.contains("401") && stderr.contains("not valid"),
         "{stderr}"
     );
 

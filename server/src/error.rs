@@ -28,7 +28,11 @@ pub enum ApiError {
     /// No `Authorization: Bearer ...` header on a route that needs one.
     #[error("this route needs an Authorization: Bearer token")]
     Unauthorized,
-    /// A token was presented but it does not grant this route.
+    /// A bearer token was presented that this server never issued (RFC 6750
+    /// `invalid_token`: the credentials are wrong, so 401, not 403).
+    #[error("the token is not valid for this server (see tokens.toml in its data directory)")]
+    InvalidToken,
+    /// A valid token was presented but it does not grant this route.
     #[error("the token does not grant this operation")]
     Forbidden,
     /// A resource (track, blob) that does not exist.
@@ -96,7 +100,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::InvalidToken => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound { .. } | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -117,6 +121,7 @@ impl ApiError {
         match self {
             Self::BadRequest { .. } => "bad_request",
             Self::Unauthorized => "unauthorized",
+            Self::InvalidToken => "invalid_token",
             Self::Forbidden => "forbidden",
             Self::NotFound { .. } => "not_found",
             Self::NoRoute { .. } => "no_route",
@@ -168,6 +173,12 @@ impl ApiError {
                     HeaderValue::from_static("Bearer realm=\"spindle\""),
                 );
             }
+            Self::InvalidToken => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"spindle\", error=\"invalid_token\""),
+                );
+            }
             Self::MethodNotAllowed { allow, .. } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
@@ -216,6 +227,7 @@ mod tests {
             (ApiError::bad_request("bad kind"), 400, "bad_request"),
             (ApiError::Unauthorized, 401, "unauthorized"),
             (ApiError::Forbidden, 403, "forbidden"),
+            (ApiError::InvalidToken, 401, "invalid_token"),
             (ApiError::NotFound { what: "track" }, 404, "not_found"),
             (ApiError::NoRoute { path: "/x".into() }, 404, "no_route"),
             (

@@ -139,7 +139,8 @@ impl Tokens {
 
     /// The role of the bearer token in `headers`, if it is one of ours and
     /// its role is among `allowed` (the admin token is always allowed).
-    /// 401 when there is no bearer token, 403 when it grants nothing here.
+    /// 401 when there is no bearer token or one this server never issued,
+    /// 403 when a valid token does not grant this route.
     pub fn authorize(&self, headers: &HeaderMap, allowed: &[Role]) -> Result<Role, ApiError> {
         let value = headers.get(AUTHORIZATION).ok_or(ApiError::Unauthorized)?;
         let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
@@ -156,7 +157,7 @@ impl Tokens {
         } else if is_creator {
             Role::Creator
         } else {
-            return Err(ApiError::Forbidden);
+            return Err(ApiError::InvalidToken);
         };
         if role == Role::Admin || allowed.contains(&role) {
             Ok(role)
@@ -255,7 +256,7 @@ mod tests {
         ));
         assert!(matches!(
             t.authorize(&headers(Some("Bearer nope")), &creator_routes),
-            Err(ApiError::Forbidden)
+            Err(ApiError::InvalidToken)
         ));
         assert_eq!(
             t.authorize(&headers(Some("Bearer cre")), &creator_routes)
