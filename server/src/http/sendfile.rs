@@ -31,7 +31,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 
-use spindle_engine::blob::mapped::mapped_source;
+use spindle_engine::blob::mapped::{mapped_source, MappedSource};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -59,30 +59,32 @@ impl SendfileStream {
         }
     }
 
-    fn is_mapped(&self, buf: &[u8]) -> bool {
-        self.enabled && buf.len() >= SENDFILE_MIN_BYTES && mapped_source(buf).is_some()
+    /// Where `buf` lies on disk, if it is worth sending with `sendfile`.
+    fn mapped(&self, buf: &[u8]) -> Option<MappedSource> {
+        if self.enabled && buf.len() >= SENDFILE_MIN_BYTES {
+            mapped_source(buf)
+        } else {
+            None
+        }
     }
 
     /// One `sendfile` of (a prefix of) the mapped slices at the head of
-    /// `bufs`: the first, and those after it that continue it in the same
-    /// map (adjacent windows of a blob), so a large range is one call.
+    /// `bufs`: the first, `buf` (found at `source`), and those after it that
+    /// continue it in the same map (adjacent windows of a blob), so a large
+    /// range is one call.
     fn poll_sendfile(
         &mut self,
         cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
+        source: MappedSource,
+        buf: &[u8],
+        rest: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let Some(buf) = bufs.first() else {
-            return Poll::Ready(Ok(0));
-        };
-        let Some(source) = mapped_source(buf) else {
-            return Pin::new(&mut self.inner).poll_write(cx, buf);
-        };
         let Ok(mut offset) = libc::off_t::try_from(source.offset()) else {
             return Pin::new(&mut self.inner).poll_write(cx, buf);
         };
         let mut len = buf.len();
         let mut end = buf.as_ptr() as usize + buf.len();
-        for next in &bufs[1..] {
+        for next in rest {
             let continues = next.as_ptr() as usize == end
                 && mapped_source(next).is_some_and(|s| s.same_map(&source));
             if !continues {
@@ -179,10 +181,10 @@ impl AsyncWrite for SendfileStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.is_mapped(buf) {
-            return this.poll_sendfile(cx, &[IoSlice::new(buf)]);
+        match this.mapped(buf) {
+            Some(source) => this.poll_sendfile(cx, source, buf, &[]),
+            None => Pin::new(&mut this.inner).poll_write(cx, buf),
         }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -198,12 +200,12 @@ impl AsyncWrite for SendfileStream {
         let Some(first) = bufs.first() else {
             return Poll::Ready(Ok(0));
         };
-        if this.is_mapped(first) {
-            return this.poll_sendfile(cx, bufs);
+        if let Some(source) = this.mapped(first) {
+            return this.poll_sendfile(cx, source, first, &bufs[1..]);
         }
         // Copy everything up to the first mapped slice; if one follows, say
         // so, so the kernel holds the head back for the body.
-        match bufs.iter().position(|b| this.is_mapped(b)) {
+        match bufs.iter().position(|b| this.mapped(b).is_some()) {
             Some(n) => this.poll_write_more(cx, &bufs[..n]),
             None => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
         }
