@@ -419,6 +419,159 @@ fn mapped_reads_match_and_detect_on_disk_corruption() {
     }
 }
 
+#[test]
+fn hot_chunks_are_kept_verified_in_locked_pages_or_on_the_heap() {
+    use spindle_engine::blob::mapped::mapped_source;
+    use std::os::unix::fs::FileExt;
+    let config = BlobConfig {
+        chunk_size_bytes: 16 * 1024,
+        segment_size_bytes_max: 1 << 20,
+        ..small_config()
+    };
+    for mapped in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = if mapped {
+            BlobStore::open_dir(dir.path(), BackendChoice::Portable, config.clone()).unwrap()
+        } else {
+            let storage = open_storage(dir.path(), BackendChoice::Portable).unwrap();
+            BlobStore::open(storage, config.clone()).unwrap()
+        };
+        let data = content(77, 100_000);
+        let id = store.put(&data).unwrap().id;
+        let read = |off: u64, n: u64| {
+            let b = store.read(&id, off, n).unwrap();
+            assert_eq!(&b[..], &data[off as usize..(off + n) as usize], "{off}+{n}");
+            b
+        };
+        // First read of chunk 0: checked in part, not kept.
+        let first = read(100, 1000);
+        assert_eq!(store.stats().cache_admitted, 0);
+        assert!(mapped_source(&first).is_none_or(|s| s.pin().is_none()));
+        // Second: read whole, verified, kept.
+        let second = read(5000, 3000);
+        let s = store.stats();
+        assert_eq!((s.cache_admitted, s.cache_bytes), (1, 16 * 1024));
+        let locked = s.cache_locked_bytes > 0;
+        match mapped_source(&second) {
+            Some(src) => {
+                assert!(mapped && locked, "a map slice is kept only locked");
+                assert!(src.is_locked());
+                assert_eq!(src.pin().unwrap(), second);
+            }
+            None => assert!(!locked, "a heap copy is not counted as locked"),
+        }
+        if mapped && !locked {
+            println!("note: mlock refused here; kept a heap copy");
+        }
+        // Third: a hit.
+        let hits = s.cache_hits;
+        read(0, 16 * 1024);
+        assert_eq!(store.stats().cache_hits, hits + 1);
+
+        // Rot on disk under the kept chunk 0 and the unkept chunk 1.
+        let seg = dir.path().join("blob-0000000000000001.seg");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .open(&seg)
+            .unwrap();
+        let rot = |at: u64| {
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, at).unwrap();
+            b[0] ^= 0x08;
+            f.write_all_at(&b, at).unwrap();
+        };
+        // Chunk records are 48 + 4 * 4 blocks of header and table, then
+        // the payload; the blob's records follow its chunks.
+        let record = 48 + 16 + 16 * 1024 + 4;
+        // Rot on the disk cannot reach locked pages, but this write goes
+        // through the page cache, which is what a map shows; so only a heap
+        // copy is tested against it.
+        if !locked {
+            rot(32 + 48 + 16 + 200);
+        }
+        rot(32 + record + 48 + 16 + 200);
+        // The kept chunk answers with its verified bytes; chunk 1 is
+        // refused on its first read and on the whole read of its second.
+        read(0, 1000);
+        for _ in 0..2 {
+            assert!(matches!(
+                store.read(&id, 16 * 1024, 1000),
+                Err(Error::Corruption { .. })
+            ));
+        }
+        assert_eq!(store.stats().cache_admitted, 1);
+        // A range of chunk 1 clear of the bad block reads every time (the
+        // whole read for the cache fails; the ranged read answers).
+        let reported = store.stats().corruptions_detected;
+        for _ in 0..3 {
+            read(16 * 1024 + 8000, 1000);
+        }
+        let s = store.stats();
+        assert_eq!(s.cache_admitted, 1);
+        assert_eq!(
+            s.corruptions_detected, reported,
+            "the bad chunk is not read whole (and reported) again"
+        );
+        // Scrub reads the disk, not the cache.
+        let rotten = if locked { 1 } else { 2 };
+        assert_eq!(store.scrub(None).unwrap().corrupt_chunks.len(), rotten);
+        drop((first, second));
+        assert!(store.delete(&id).unwrap());
+        let s = store.stats();
+        assert_eq!((s.cache_bytes, s.cache_locked_bytes), (0, 0));
+    }
+}
+
+#[test]
+fn compaction_lets_go_of_kept_slices_of_the_segments_it_removes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = BlobConfig {
+        compaction_live_fraction_min: 0.9,
+        ..small_config()
+    };
+    let store = BlobStore::open_dir(dir.path(), BackendChoice::Portable, config).unwrap();
+    let mut kept = Vec::new();
+    let mut gone = Vec::new();
+    for i in 0..40u64 {
+        let data = content(300 + i, 9000);
+        let r = store.put(&data).unwrap();
+        if i % 4 == 0 {
+            kept.push((r.id, data));
+        } else {
+            gone.push(r.id);
+        }
+    }
+    let read_all = |store: &BlobStore| {
+        for (id, data) in &kept {
+            assert_eq!(&store.read(id, 0, 4096).unwrap()[..], &data[..4096]);
+        }
+    };
+    read_all(&store);
+    read_all(&store);
+    let before = store.stats();
+    assert_eq!(before.cache_admitted, kept.len() as u64);
+    if before.cache_locked_bytes == 0 {
+        println!("note: mlock refused here; nothing locked to let go of");
+        return;
+    }
+    for id in &gone {
+        store.delete(id).unwrap();
+    }
+    let report = store.compact().unwrap();
+    assert!(!report.segments_removed.is_empty());
+    let after = store.stats();
+    assert!(
+        after.cache_locked_bytes < before.cache_locked_bytes,
+        "{before:?} {after:?}"
+    );
+    // The moved chunks are read (and kept again) from their new segments.
+    read_all(&store);
+    read_all(&store);
+    assert!(store.stats().cache_locked_bytes > after.cache_locked_bytes);
+    assert!(store.scrub(None).unwrap().is_clean());
+}
+
 /// Regression (found by model_blob): a crash that loses earlier unsynced
 /// writes but keeps a later one leaves zeros then a valid record; that is a
 /// torn tail, not corruption.

@@ -108,6 +108,7 @@ impl App {
             open_storage(&meta_dir, config.io_backend).map_err(dir_err(&meta_dir))?;
         let blob_config = BlobConfig {
             segment_size_bytes_max: config.blob_segment_size_bytes_max,
+            read_cache_bytes: config.blob_cache_bytes,
             ..BlobConfig::default()
         };
         std::fs::create_dir_all(&blob_dir).map_err(dir_err(&blob_dir))?;
@@ -550,7 +551,7 @@ impl App {
         let b = self.blobs.stats();
         let m = self.meta.stats();
         let q = self.queue.stats();
-        let gauges: [(&str, &str, f64); 16] = [
+        let gauges: [(&str, &str, f64); 18] = [
             (
                 "spindle_queue_depth",
                 "Transcode jobs waiting.",
@@ -601,6 +602,16 @@ impl App {
                 "spindle_blob_poisoned",
                 "1 if a failed sync poisoned the blob store.",
                 f64::from(u8::from(b.poisoned)),
+            ),
+            (
+                "spindle_blob_cache_bytes",
+                "Bytes of hot chunks the blob chunk cache keeps, verified.",
+                b.cache_bytes as f64,
+            ),
+            (
+                "spindle_blob_cache_locked_bytes",
+                "Bytes of page-cache pages locked for kept chunks (sent with sendfile).",
+                b.cache_locked_bytes as f64,
             ),
             (
                 "spindle_meta_records",
@@ -677,7 +688,22 @@ impl App {
         for (name, help, value) in jobs {
             metrics::counter(&mut out, name, help, value);
         }
-        let counters: [(&str, &str, u64); 6] = [
+        let counters: [(&str, &str, u64); 9] = [
+            (
+                "spindle_blob_cache_hits_total",
+                "Chunk reads answered by the chunk cache.",
+                b.cache_hits,
+            ),
+            (
+                "spindle_blob_cache_misses_total",
+                "Chunk reads the chunk cache did not hold.",
+                b.cache_misses,
+            ),
+            (
+                "spindle_blob_cache_admitted_total",
+                "Chunks read whole, verified and kept by the chunk cache.",
+                b.cache_admitted,
+            ),
             ("spindle_blob_puts_total", "Blobs stored.", b.puts),
             (
                 "spindle_blob_deletes_total",

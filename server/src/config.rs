@@ -59,6 +59,7 @@ pub struct ConfigLayer {
     pub shutdown_grace_ms: Option<u64>,
     pub io_backend: Option<String>,
     pub blob_segment_size_bytes_max: Option<u64>,
+    pub blob_cache_bytes: Option<u64>,
     pub transcode_pool_min: Option<u32>,
     pub transcode_pool_max: Option<u32>,
     pub transcode_scale_up_depth_jobs: Option<u64>,
@@ -96,6 +97,7 @@ impl ConfigLayer {
             shutdown_grace_ms,
             io_backend,
             blob_segment_size_bytes_max,
+            blob_cache_bytes,
             transcode_pool_min,
             transcode_pool_max,
             transcode_scale_up_depth_jobs,
@@ -168,6 +170,7 @@ impl ConfigLayer {
                 "BLOB_SEGMENT_SIZE_BYTES_MAX" => {
                     layer.blob_segment_size_bytes_max = Some(num(&value).map_err(bad)?)
                 }
+                "BLOB_CACHE_BYTES" => layer.blob_cache_bytes = Some(num(&value).map_err(bad)?),
                 "TRANSCODE_POOL_MIN" => layer.transcode_pool_min = Some(num(&value).map_err(bad)?),
                 "TRANSCODE_POOL_MAX" => layer.transcode_pool_max = Some(num(&value).map_err(bad)?),
                 "TRANSCODE_SCALE_UP_DEPTH_JOBS" => {
@@ -232,6 +235,9 @@ pub struct ServeConfig {
     /// A blob segment file is sealed at this size; only sealed segments are
     /// compacted, so tests set it small to see garbage reclaimed.
     pub blob_segment_size_bytes_max: u64,
+    /// Memory for hot blob chunks, verified once and then served without a
+    /// read or a checksum pass (0 = none; see the engine's chunk cache).
+    pub blob_cache_bytes: u64,
     /// The in-process transcode pool and per-job bounds (`transcode_*`
     /// settings; `transcode_pool_max = 0` leaves transcoding to remote
     /// `spindle worker`s).
@@ -291,6 +297,9 @@ impl ServeConfig {
             blob_segment_size_bytes_max: layer
                 .blob_segment_size_bytes_max
                 .unwrap_or(DEFAULT_BLOB_SEGMENT_SIZE_BYTES_MAX),
+            blob_cache_bytes: layer
+                .blob_cache_bytes
+                .unwrap_or(spindle_engine::blob::BlobConfig::default().read_cache_bytes),
             transcode: {
                 let d = crate::worker::WorkerConfig::default();
                 let pool_max = layer.transcode_pool_max.unwrap_or(worker_threads.min(4));

@@ -128,6 +128,10 @@ struct ServeArgs {
     /// [default: 1073741824].
     #[arg(long, value_name = "BYTES")]
     blob_segment_size_bytes_max: Option<u64>,
+    /// Memory for hot blob chunks, verified once and then served from
+    /// memory; 0 turns the cache off [default: 134217728].
+    #[arg(long, value_name = "BYTES")]
+    blob_cache_bytes: Option<u64>,
     /// Transcode threads kept when idle [default: 1].
     #[arg(long, value_name = "N")]
     transcode_pool_min: Option<u32>,
@@ -173,6 +177,7 @@ impl ServeArgs {
             shutdown_grace_ms: self.shutdown_grace_ms,
             io_backend: self.io_backend.clone(),
             blob_segment_size_bytes_max: self.blob_segment_size_bytes_max,
+            blob_cache_bytes: self.blob_cache_bytes,
             transcode_pool_min: self.transcode_pool_min,
             transcode_pool_max: self.transcode_pool_max,
             transcode_scale_up_depth_jobs: self.transcode_scale_up_depth_jobs,

@@ -118,6 +118,9 @@ impl BlobStore {
                 if let Some(seg) = st.segments.remove(victim) {
                     files.push((*victim, seg.name, seg.len));
                 }
+                if let Some(cache) = &inner.cache {
+                    cache.forget_segment(*victim);
+                }
             }
         }
         self.checkpoint_locked()?;
@@ -163,6 +166,9 @@ impl BlobStore {
             }
             if e.refcount == 0 && !st.pins.contains_key(&id) {
                 st.chunks.remove(&id);
+                if let Some(cache) = &inner.cache {
+                    cache.remove(&id);
+                }
                 continue;
             }
             let len = record::record_len(RecordKind::Chunk, e.payload_len);

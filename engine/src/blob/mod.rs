@@ -30,6 +30,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 mod bufpool;
+mod cache;
 pub mod checkpoint;
 mod index;
 mod maintenance;
@@ -147,6 +148,9 @@ pub struct BlobConfig {
     pub read_len_max_bytes: u64,
     /// Bound on chunk ids kept in the manifest cache.
     pub manifest_cache_chunk_ids_max: usize,
+    /// Bytes of hot chunks kept verified in memory (0 = no chunk cache;
+    /// see the `cache` module). A chunk over a quarter of this is never kept.
+    pub read_cache_bytes: u64,
     /// Source of `created_ms`.
     pub clock_ms: ClockMs,
 }
@@ -161,6 +165,7 @@ impl Default for BlobConfig {
             background_sync_bytes: 8 << 20,
             read_len_max_bytes: 0,
             manifest_cache_chunk_ids_max: 1 << 20,
+            read_cache_bytes: 128 << 20,
             clock_ms: system_clock_ms(),
         }
     }
@@ -182,6 +187,7 @@ impl fmt::Debug for BlobConfig {
                 "manifest_cache_chunk_ids_max",
                 &self.manifest_cache_chunk_ids_max,
             )
+            .field("read_cache_bytes", &self.read_cache_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -281,6 +287,14 @@ pub struct BlobStats {
     pub corruptions_detected: u64,
     pub checkpoints: u64,
     pub compactions: u64,
+    /// Chunk reads answered by the chunk cache, and those it missed.
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Chunks read whole and kept by the cache.
+    pub cache_admitted: u64,
+    /// Bytes the cache keeps now, and how many of them are locked pages.
+    pub cache_bytes: u64,
+    pub cache_locked_bytes: u64,
 }
 
 /// Errors of the blob store.

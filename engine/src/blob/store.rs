@@ -236,11 +236,16 @@ pub(crate) struct Inner {
     poisoned: AtomicBool,
     /// Serialises checkpoints and compactions.
     pub maintenance: Mutex<()>,
+    /// Locked bytes the chunk cache held when the kernel last refused to
+    /// lock more (`u64::MAX`: never refused).
+    lock_refused_at_bytes: AtomicU64,
     manifests: Mutex<ManifestCache>,
     pub counters: Counters,
     flusher: Arc<Flusher>,
     /// The store's directory when reads may use memory maps.
     mmap_dir: Option<std::path::PathBuf>,
+    /// Hot chunks, verified once (none when `read_cache_bytes` is 0).
+    pub cache: Option<super::cache::ChunkCache>,
 }
 
 /// A range of a segment map, as the owner of a `Bytes`.
@@ -650,14 +655,22 @@ impl Inner {
         }
     }
 
-    /// Reads bytes `start..end` of a chunk's payload, verifying the header
-    /// and just the blocks touched.
+    /// Reads bytes `start..end` of a chunk's payload: from the chunk cache
+    /// when it keeps the chunk; else verifying the header and just the
+    /// blocks touched, or, on a chunk's second read, reading and verifying
+    /// it whole for the cache (see [`super::cache`]).
     pub(crate) fn read_chunk_range(
         &self,
         id: &ChunkId,
         start: u32,
         end: u32,
     ) -> Result<Bytes, Error> {
+        if start < end {
+            if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(id, start, end)) {
+                bump(&self.counters.reads);
+                return Ok(hit);
+            }
+        }
         let (entry, file, name, map) = {
             let st = self.read_state()?;
             let Some(entry) = st.chunks.get(id).copied() else {
@@ -686,7 +699,40 @@ impl Inner {
             self.note_corruption(Error::corruption(&name, Some(entry.segment), offset, why))
         };
         let payload_at = entry.offset + head_len as u64;
-        if let Some(map) = map.filter(|m| record_end <= m.bytes().len() as u64) {
+        let map = map.filter(|m| record_end <= m.bytes().len() as u64);
+        if let Some(cache) = self.cache.as_ref() {
+            if start < end && cache.admit(id, start, end, entry.payload_len) {
+                let whole =
+                    self.read_whole_chunk(id, &entry, file.as_ref(), &name, map.as_ref(), head_len);
+                // A chunk that fails whole (a bad block, an unreadable page;
+                // reported once, as found) may still hold the asked range
+                // intact: the ranged read below answers. The cache then stops
+                // trying to keep it, so it is not read whole again.
+                if whole.is_err() {
+                    cache.refuse(id);
+                }
+                if let Ok((payload, locked_span_bytes)) = whole {
+                    // Under the state lock, and only while the index still
+                    // names this very record: deletes forget a dead chunk
+                    // and compaction a removed segment's slices under the
+                    // write lock, so neither comes back from a read that
+                    // raced them.
+                    let st = self.read_state()?;
+                    let current = st.chunks.get(id).is_some_and(|e| {
+                        e.refcount > 0 && e.segment == entry.segment && e.offset == entry.offset
+                    });
+                    if current {
+                        let locked =
+                            (locked_span_bytes > 0).then_some((entry.segment, locked_span_bytes));
+                        cache.insert(*id, payload.clone(), locked);
+                    }
+                    drop(st);
+                    bump(&self.counters.reads);
+                    return Ok(payload.slice(start as usize..end as usize));
+                }
+            }
+        }
+        if let Some(map) = map {
             let bytes = map.bytes();
             let base = entry.offset as usize;
             let populate = |range: std::ops::Range<usize>| {
@@ -752,6 +798,86 @@ impl Inner {
             (start - data_start) as usize,
             (end - data_start) as usize,
         ))
+    }
+}
+
+impl Inner {
+    /// A chunk's whole payload, verified in memory that cannot change under
+    /// it: the record's pages locked in the map (returns the bytes of the
+    /// pages locked), or else a heap copy read with `pread` (returns 0).
+    fn read_whole_chunk(
+        &self,
+        id: &ChunkId,
+        entry: &ChunkEntry,
+        file: &dyn StorageFile,
+        name: &str,
+        map: Option<&Arc<super::mapped::SegmentMap>>,
+        head_len: usize,
+    ) -> Result<(Bytes, u64), Error> {
+        let corrupt = |offset: u64, why: String| {
+            self.note_corruption(Error::corruption(name, Some(entry.segment), offset, why))
+        };
+        let payload_at = entry.offset + head_len as u64;
+        let base = entry.offset as usize;
+        let payload_end = base + head_len + entry.payload_len as usize;
+        // After a refusal, locking is tried again only once the cache holds
+        // fewer locked bytes than it did then (each refused try costs a
+        // populate, an mlock and munlocks).
+        let may_lock = self
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.locked_bytes() < self.lock_refused_at_bytes.load(Ordering::Relaxed));
+        if let Some(map) = map.filter(|_| may_lock) {
+            match map.lock(base..payload_end) {
+                Ok(lock) => {
+                    let bytes = lock.bytes();
+                    let block = check_chunk_head(id, entry, &bytes[..head_len], &corrupt)?;
+                    check_blocks(
+                        id,
+                        &bytes[record::HEADER_LEN..head_len],
+                        &bytes[head_len..],
+                        0,
+                        block,
+                        payload_at,
+                        &corrupt,
+                    )?;
+                    let page = super::mapped::page_bytes();
+                    let span_bytes = (payload_end.div_ceil(page) - base / page) * page;
+                    let lock = lock.publish();
+                    let payload = super::mapped::locked_bytes(lock, base + head_len..payload_end);
+                    return Ok((payload, span_bytes as u64));
+                }
+                Err(super::mapped::LockError::Read(e)) => {
+                    return Err(Error::io("read", name, e));
+                }
+                Err(super::mapped::LockError::Refused(e)) => {
+                    let held = self.cache.as_ref().map_or(0, |c| c.locked_bytes());
+                    let before = self.lock_refused_at_bytes.swap(held, Ordering::Relaxed);
+                    if before == u64::MAX {
+                        tracing::warn!(
+                            error = %e,
+                            locked_bytes = held,
+                            "cannot lock more blob pages in memory (RLIMIT_MEMLOCK?); \
+                             the chunk cache keeps heap copies past this"
+                        );
+                    }
+                }
+            }
+        }
+        let mut buf = vec![0u8; head_len + entry.payload_len as usize];
+        file.read_exact_at(&mut buf, entry.offset)
+            .map_err(|e| Error::io("read", name, e))?;
+        let block = check_chunk_head(id, entry, &buf[..head_len], &corrupt)?;
+        check_blocks(
+            id,
+            &buf[record::HEADER_LEN..head_len],
+            &buf[head_len..],
+            0,
+            block,
+            payload_at,
+            &corrupt,
+        )?;
+        Ok((Bytes::from(buf).slice(head_len..), 0))
     }
 }
 
@@ -904,6 +1030,7 @@ impl BlobStore {
         }
         let state = crate::blob::recovery::recover(storage.as_ref())?;
         let synced = state.end();
+        let config_cache_bytes = config.read_cache_bytes;
         let inner = Inner {
             storage,
             config,
@@ -915,6 +1042,7 @@ impl BlobStore {
             commit_cv: Condvar::new(),
             poisoned: AtomicBool::new(false),
             maintenance: Mutex::new(()),
+            lock_refused_at_bytes: AtomicU64::new(u64::MAX),
             manifests: Mutex::new(ManifestCache {
                 map: HashMap::with_hasher(IdBuild::default()),
                 ids: 0,
@@ -922,6 +1050,8 @@ impl BlobStore {
             counters: Counters::default(),
             flusher: Arc::new(Flusher::default()),
             mmap_dir,
+            cache: (config_cache_bytes > 0)
+                .then(|| super::cache::ChunkCache::new(config_cache_bytes)),
         };
         if inner.mmap_dir.is_some() {
             let mut st = inner.write_state()?;
@@ -1095,6 +1225,11 @@ impl BlobStore {
                         st.decref_chunk(c),
                         "deleted blob {id} names unknown chunk {c}"
                     );
+                    if let Some(cache) = &inner.cache {
+                        if st.chunks.get(c).is_some_and(|e| e.refcount == 0) {
+                            cache.remove(c);
+                        }
+                    }
                 }
                 st.blobs.remove(id);
                 inner.forget_manifest(id);
@@ -1169,6 +1304,14 @@ impl BlobStore {
             compactions: load(&c.compactions),
             ..BlobStats::default()
         };
+        if let Some(cache) = &self.inner.cache {
+            let s = cache.stats();
+            stats.cache_hits = s.hits;
+            stats.cache_misses = s.misses;
+            stats.cache_admitted = s.admitted;
+            stats.cache_bytes = s.cached_bytes;
+            stats.cache_locked_bytes = s.locked_bytes;
+        }
         if let Ok(st) = self.inner.read_state() {
             stats.chunks = st.chunks.len() as u64;
             stats.chunks_live = st.chunks.values().filter(|e| e.refcount > 0).count() as u64;

@@ -16,16 +16,21 @@
 //!   `Content-Range: bytes */LEN`.
 //!
 //! Reading: a response of at most [`INLINE_READ_MAX_BYTES`] is read inline
-//! through the process-wide window cache ([`super::cache`]): slices of hot
-//! windows that the body passes on uncopied (memory-hot small reads cost
-//! less than a thread hop, and a hit costs no syscall at all). From the
-//! mapped store the windows are locked page-cache pages, which the
-//! connection hands to `sendfile` ([`super::sendfile`]). Anything larger
-//! streams from a blocking
-//! task, chunk by chunk, through the bounded channel of [`Body::channel`]:
-//! at most [`super::body::STREAM_CHANNEL_CAPACITY`] chunks are in flight per
-//! response, and when the client goes away the next send fails and the task
-//! stops reading.
+//! (memory-hot small reads cost less than a thread hop); anything larger
+//! streams from a blocking task, chunk by chunk, through the bounded channel
+//! of [`Body::channel`]: at most [`super::body::STREAM_CHANNEL_CAPACITY`]
+//! chunks are in flight per response, and when the client goes away the
+//! next send fails and the task stops reading. Hot chunks come from the
+//! blob store's chunk cache, verified once: slices passed on uncopied, and
+//! from the mapped store locked page-cache pages, which the connection
+//! hands to `sendfile` ([`super::sendfile`]).
+//!
+//! **Invariant:** every map slice that reaches a connection owns a lock over
+//! its pages, taken after they were checked. A map slice no such lock covers
+//! (a chunk's first read) was verified, but its page could be dropped and
+//! read again from disk unchecked before the response is sent (or raise
+//! SIGBUS under TLS, which reads it in user space); such a slice is copied
+//! to the heap while it is hot ([`owned`]).
 
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hasher};
@@ -196,18 +201,18 @@ fn read_body(
         return Ok(Body::empty());
     }
     if total_bytes <= INLINE_READ_MAX_BYTES {
-        // Small responses come from the window cache: slices of hot
-        // windows, sent as they are (several buffers rather than a copy).
-        // From a mapped store the windows are slices of segment maps, which
-        // the connection sends with `sendfile` (see `super::sendfile`).
-        let cache = super::cache::global();
+        // Sent as the pieces the store gives (several buffers rather than
+        // a copy).
         let mut pieces: Vec<Bytes> = Vec::new();
         for segment in segments {
             match segment {
                 Segment::Literal(b) => pieces.push(b.clone()),
-                Segment::Data(r) => cache
-                    .read(store, &id, r.clone(), length_bytes, &mut pieces)
-                    .map_err(read_error)?,
+                Segment::Data(r) => {
+                    debug_assert!(r.end <= length_bytes);
+                    for piece in store.read_range(&id, r.clone()).map_err(read_error)? {
+                        pieces.push(owned(piece.map_err(read_error)?));
+                    }
+                }
             }
         }
         let body = if pieces.len() == 1 {
@@ -248,20 +253,7 @@ fn produce(store: &BlobStore, id: BlobId, segments: &[Segment], tx: &BodySender)
                     }
                 };
                 for piece in reader {
-                    // A streamed chunk may wait in the channel behind a slow
-                    // client; as a slice of the map its page could be dropped
-                    // and read again from disk, unchecked (or raise SIGBUS
-                    // under TLS, which reads it in user space). A heap copy,
-                    // made while the checked pages are hot, cannot change.
-                    let item = piece
-                        .map(|p| {
-                            if mapped_source(&p).is_some() {
-                                Bytes::copy_from_slice(&p)
-                            } else {
-                                p
-                            }
-                        })
-                        .map_err(|e| stream_error(id, e));
+                    let item = piece.map(owned).map_err(|e| stream_error(id, e));
                     let failed = item.is_err();
                     if tx.blocking_send(item).is_err() || failed {
                         return;
@@ -269,6 +261,19 @@ fn produce(store: &BlobStore, id: BlobId, segments: &[Segment], tx: &BodySender)
                 }
             }
         }
+    }
+}
+
+/// `piece` as it may go to a connection: heap memory as it is; a map slice
+/// as `Bytes` that own a lock over its checked pages (a chunk-cache hit,
+/// see `MappedSource::pin`), else as a heap copy (see the module doc's
+/// invariant).
+fn owned(piece: Bytes) -> Bytes {
+    match mapped_source(&piece) {
+        None => piece,
+        Some(source) => source
+            .pin()
+            .unwrap_or_else(|| Bytes::copy_from_slice(&piece)),
     }
 }
 

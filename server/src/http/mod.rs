@@ -3,7 +3,6 @@
 
 pub mod blob;
 pub mod body;
-pub mod cache;
 pub mod plan;
 pub mod precondition;
 pub mod range;

@@ -4,22 +4,24 @@
 //!
 //! hyper writes a response as `IoSlice`s that point at the buffers it was
 //! given: the head it encoded, then the body's `Bytes`. When the blob store
-//! is mapped, those body `Bytes` are slices of segment maps, verified by the
-//! store on this read. [`SendfileStream::poll_write_vectored`] asks
-//! [`mapped_source`] whether a slice is such a map; if so, it hands the
-//! kernel the same bytes by file and offset (`sendfile`) instead of copying
-//! them (`writev`). Anything else (heads, JSON, heap buffers, small slices)
-//! goes out with `writev` as before.
+//! is mapped, hot body `Bytes` are slices of segment maps that own a lock
+//! over their pages, taken after the store checked them (see
+//! [`spindle_engine::blob::mapped`]). [`SendfileStream::poll_write_vectored`] asks
+//! [`mapped_source`] whether a slice is such a map, with its pages locked; if
+//! so, it hands the kernel the same bytes by file and offset (`sendfile`)
+//! instead of copying them (`writev`). Anything else (heads, JSON, heap
+//! buffers, small slices) goes out with `writev` as before.
 //!
 //! **Invariants:**
 //! - A call returns how many leading bytes of `bufs` it wrote, in order,
 //!   exactly as `writev` would; a slice is never reordered or skipped.
 //! - The bytes sent by `sendfile` are the slice's bytes: the map shows the
 //!   file at the same offsets and segment bytes do not change (see
-//!   [`spindle_engine::blob::mapped`]). The only mapped slices that reach a
-//!   connection are cached windows, whose pages stay locked in memory since
-//!   they were verified ([`super::cache`]); streamed chunks and uncached
-//!   windows are heap copies.
+//!   [`spindle_engine::blob::mapped`]), and only slices under a published
+//!   lock (pages checked once locked) are sent this way, so the kernel reads
+//!   the checked bytes. That the lock lasts until the send is blob serving's
+//!   part: every map slice it hands hyper owns such a lock
+//!   (`MappedSource::pin`) or was copied to the heap instead.
 //! - The head before a mapped body goes out with `MSG_MORE`, so head and
 //!   body leave in the same segments, as one `writev` would send them.
 //! - If `sendfile` is refused (`EINVAL`, `ENOSYS`: a file system without
@@ -43,6 +45,16 @@ pub const SENDFILE_MIN_BYTES: usize = 16 * 1024;
 /// `/metrics`: it shows whether serving is zero-copy).
 pub static SENDFILE_BYTES_TOTAL: AtomicU64 = AtomicU64::new(0);
 
+/// Where `buf` lies on disk, if it may and should go by `sendfile`: a
+/// slice of a map with its pages locked, long enough to be worth it.
+fn sendable(buf: &[u8]) -> Option<MappedSource> {
+    if buf.len() >= SENDFILE_MIN_BYTES {
+        mapped_source(buf).filter(MappedSource::is_locked)
+    } else {
+        None
+    }
+}
+
 /// A TCP stream that sends mapped blob bytes with `sendfile`.
 #[derive(Debug)]
 pub struct SendfileStream {
@@ -61,8 +73,8 @@ impl SendfileStream {
 
     /// Where `buf` lies on disk, if it is worth sending with `sendfile`.
     fn mapped(&self, buf: &[u8]) -> Option<MappedSource> {
-        if self.enabled && buf.len() >= SENDFILE_MIN_BYTES {
-            mapped_source(buf)
+        if self.enabled {
+            sendable(buf)
         } else {
             None
         }
@@ -70,7 +82,7 @@ impl SendfileStream {
 
     /// One `sendfile` of (a prefix of) the mapped slices at the head of
     /// `bufs`: the first, `buf` (found at `source`), and those after it that
-    /// continue it in the same map (adjacent windows of a blob), so a large
+    /// continue it in the same map (adjacent pieces of one record), so a large
     /// range is one call.
     fn poll_sendfile(
         &mut self,
@@ -86,7 +98,7 @@ impl SendfileStream {
         let mut end = buf.as_ptr() as usize + buf.len();
         for next in rest {
             let continues = next.as_ptr() as usize == end
-                && mapped_source(next).is_some_and(|s| s.same_map(&source));
+                && mapped_source(next).is_some_and(|s| s.same_map(&source) && s.is_locked());
             if !continues {
                 break;
             }
@@ -276,15 +288,40 @@ mod tests {
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let id = store.put(&data).unwrap().id;
         // A range across chunks: two mapped pieces, between a head and a
-        // small heap tail, as a response would be.
+        // small heap tail, as a response would be. Read twice: the second
+        // read comes from the chunk cache, whose map slices are locked.
         let range = 200_000..700_123u64;
-        let pieces: Vec<bytes::Bytes> = store
-            .read_range(&id, range.clone())
-            .unwrap()
-            .map(|p| p.unwrap())
-            .collect();
+        let read = || -> Vec<bytes::Bytes> {
+            store
+                .read_range(&id, range.clone())
+                .unwrap()
+                .map(|p| p.unwrap())
+                .collect()
+        };
+        let unlocked = read();
+        // An unlocked map slice is never sent by file.
+        assert!(unlocked.iter().all(|p| mapped_source(p).is_some()));
+        assert!(unlocked.iter().all(|p| sendable(p).is_none()));
+        let pieces = read();
         assert!(pieces.len() >= 2);
-        assert!(pieces.iter().all(|p| mapped_source(p).is_some()));
+        if store.stats().cache_locked_bytes == 0 {
+            println!("note: mlock refused here; the cache keeps heap copies");
+            return;
+        }
+        assert!(pieces
+            .iter()
+            .all(|p| mapped_source(p).is_some_and(|s| s.is_locked())));
+        assert!(pieces.iter().all(|p| sendable(p).is_some()));
+        // The first read's slices lie in those locked pages now, but do not
+        // own the lock: blob serving pins them (Bytes that do) before
+        // sending, and the pins go by file.
+        let pinned: Vec<bytes::Bytes> = unlocked
+            .iter()
+            .map(|p| mapped_source(p).unwrap().pin().unwrap())
+            .collect();
+        drop((unlocked, pieces));
+        assert!(pinned.iter().all(|p| sendable(p).is_some()));
+        let pieces = pinned;
         let head = bytes::Bytes::from_static(b"HTTP/1.1 206 Partial Content\r\n\r\n");
         let tail = bytes::Bytes::from(vec![7u8; 100]);
         let mut parts = vec![head.clone()];
