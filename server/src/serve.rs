@@ -306,6 +306,10 @@ fn write_addr_file(path: &std::path::Path, addr: SocketAddr) -> std::io::Result<
     std::fs::rename(&tmp, path)
 }
 
+/// Reads that return bytes in one turn of a connection before it goes to
+/// the back of the run queue.
+const READS_PER_TURN: u32 = 2;
+
 /// A connection's future, counting its polls (its *turns*) for
 /// [`IdleIo`]'s one-read-per-turn rule.
 struct Turns<F> {
@@ -338,25 +342,28 @@ impl<F: Future> Future for Turns<F> {
 /// the sleep fires early (there was progress since it was armed) it is reset
 /// to the new deadline. So the hot path costs one `Instant::now()` per I/O.
 ///
-/// One read per turn: hyper serves a keep-alive connection's next request
-/// in the same poll when it is already readable, so on a busy thread one
-/// connection could be served dozens of times in a row while the others
-/// wait (measured: p50 0.27 ms, p99 4.5 ms at 32 connections). A second
-/// read in the same turn (poll of the connection's task, counted by
-/// [`Turns`]) instead asks to be polled again and returns `Pending`, which
-/// puts the connection at the back of the run queue, round robin like an
-/// event loop. A request is still read, answered and written in one turn,
-/// so it does not wait a round between its read and its response (yielding
-/// in the service, as before, did: p99 0.47 ms against nginx's 0.33 at
-/// 1 KiB).
+/// [`READS_PER_TURN`] reads per turn: hyper serves a keep-alive
+/// connection's next request in the same poll when it is already readable,
+/// so on a busy thread one connection could be served dozens of times in a
+/// row while the others wait (measured: p50 0.27 ms, p99 4.5 ms at 32
+/// connections). A read past the limit in the same turn (poll of the
+/// connection's task, counted by [`Turns`]) instead asks to be polled again
+/// and returns `Pending`, which puts the connection at the back of the run
+/// queue, round robin like an event loop. A request is still read, answered
+/// and written in one turn, so it does not wait a round between its read and
+/// its response (yielding in the service, as before, did: p99 0.47 ms
+/// against nginx's 0.33 at 1 KiB). The limit is two, not one, because the
+/// read after a response usually finds nothing yet (`EAGAIN`), and with a
+/// limit of one that attempt cost a whole extra poll of the task.
 pub struct IdleIo<S> {
     inner: S,
     timeout: Duration,
     last_progress: Instant,
     sleep: Pin<Box<tokio::time::Sleep>>,
     turns: Arc<AtomicU64>,
-    /// The turn of the last read that returned bytes.
+    /// The turn of the last read, and how many reads returned bytes in it.
     read_turn: u64,
+    reads_in_turn: u32,
 }
 
 impl<S> IdleIo<S> {
@@ -368,6 +375,7 @@ impl<S> IdleIo<S> {
             sleep: Box::pin(tokio::time::sleep(timeout)),
             turns,
             read_turn: u64::MAX,
+            reads_in_turn: 0,
         }
     }
 
@@ -402,7 +410,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let turn = this.turns.load(Ordering::Relaxed);
-        if this.read_turn == turn {
+        if this.read_turn != turn {
+            this.read_turn = turn;
+            this.reads_in_turn = 0;
+        }
+        if this.reads_in_turn >= READS_PER_TURN {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
@@ -411,7 +423,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     this.progress();
-                    this.read_turn = turn;
+                    this.reads_in_turn += 1;
                 }
                 Poll::Ready(Ok(()))
             }
