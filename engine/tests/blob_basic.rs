@@ -168,6 +168,23 @@ fn dedupe_refcounts_and_created_ms_survive_reopen() {
     }
 }
 
+/// Puts 40 blobs of 9000 bytes (contents seeded from `seed`); returns the
+/// quarter to keep, with their bytes, and the ids of the rest, to delete.
+fn put_quarter_kept(store: &BlobStore, seed: u64) -> (Vec<(BlobId, Vec<u8>)>, Vec<BlobId>) {
+    let mut kept = Vec::new();
+    let mut gone = Vec::new();
+    for i in 0..40u64 {
+        let data = content(seed + i, 9000);
+        let r = store.put(&data).unwrap();
+        if i % 4 == 0 {
+            kept.push((r.id, data));
+        } else {
+            gone.push(r.id);
+        }
+    }
+    (kept, gone)
+}
+
 #[test]
 fn segments_roll_and_compaction_reclaims_after_deletes() {
     for (name, storage, _dir) in backends() {
@@ -176,17 +193,7 @@ fn segments_roll_and_compaction_reclaims_after_deletes() {
             ..small_config()
         };
         let store = BlobStore::open(storage.clone(), config.clone()).unwrap();
-        let mut kept = Vec::new();
-        let mut gone = Vec::new();
-        for i in 0..40u64 {
-            let data = content(100 + i, 9000);
-            let r = store.put(&data).unwrap();
-            if i % 4 == 0 {
-                kept.push((r.id, data));
-            } else {
-                gone.push(r.id);
-            }
-        }
+        let (kept, gone) = put_quarter_kept(&store, 100);
         // An aborted writer leaves garbage.
         let mut w = store.writer();
         w.write(&content(999, 20_000)).unwrap();
@@ -531,17 +538,7 @@ fn compaction_lets_go_of_kept_slices_of_the_segments_it_removes() {
         ..small_config()
     };
     let store = BlobStore::open_dir(dir.path(), BackendChoice::Portable, config).unwrap();
-    let mut kept = Vec::new();
-    let mut gone = Vec::new();
-    for i in 0..40u64 {
-        let data = content(300 + i, 9000);
-        let r = store.put(&data).unwrap();
-        if i % 4 == 0 {
-            kept.push((r.id, data));
-        } else {
-            gone.push(r.id);
-        }
-    }
+    let (kept, gone) = put_quarter_kept(&store, 300);
     let read_all = |store: &BlobStore| {
         for (id, data) in &kept {
             assert_eq!(&store.read(id, 0, 4096).unwrap()[..], &data[..4096]);

@@ -236,9 +236,8 @@ impl ChunkCache {
             }
         }
         if !gone.is_empty() {
-            let entries = std::mem::take(&mut inner.entries);
-            inner.clock.retain(|k| entries.contains_key(k));
-            inner.entries = entries;
+            let Inner { entries, clock, .. } = &mut *inner;
+            clock.retain(|k| entries.contains_key(k));
         }
     }
 

@@ -820,6 +820,19 @@ impl Inner {
         let payload_at = entry.offset + head_len as u64;
         let base = entry.offset as usize;
         let payload_end = base + head_len + entry.payload_len as usize;
+        // Checks a whole record without its trailer: header, table, blocks.
+        let check = |record: &[u8]| -> Result<(), Error> {
+            let block = check_chunk_head(id, entry, &record[..head_len], &corrupt)?;
+            check_blocks(
+                id,
+                &record[record::HEADER_LEN..head_len],
+                &record[head_len..],
+                0,
+                block,
+                payload_at,
+                &corrupt,
+            )
+        };
         // After a refusal, locking is tried again only once the cache holds
         // fewer locked bytes than it did then (each refused try costs a
         // populate, an mlock and munlocks).
@@ -830,17 +843,7 @@ impl Inner {
         if let Some(map) = map.filter(|_| may_lock) {
             match map.lock(base..payload_end) {
                 Ok(lock) => {
-                    let bytes = lock.bytes();
-                    let block = check_chunk_head(id, entry, &bytes[..head_len], &corrupt)?;
-                    check_blocks(
-                        id,
-                        &bytes[record::HEADER_LEN..head_len],
-                        &bytes[head_len..],
-                        0,
-                        block,
-                        payload_at,
-                        &corrupt,
-                    )?;
+                    check(lock.bytes())?;
                     let page = super::mapped::page_bytes();
                     let span_bytes = (payload_end.div_ceil(page) - base / page) * page;
                     let lock = lock.publish();
@@ -867,16 +870,7 @@ impl Inner {
         let mut buf = vec![0u8; head_len + entry.payload_len as usize];
         file.read_exact_at(&mut buf, entry.offset)
             .map_err(|e| Error::io("read", name, e))?;
-        let block = check_chunk_head(id, entry, &buf[..head_len], &corrupt)?;
-        check_blocks(
-            id,
-            &buf[record::HEADER_LEN..head_len],
-            &buf[head_len..],
-            0,
-            block,
-            payload_at,
-            &corrupt,
-        )?;
+        check(&buf)?;
         Ok((Bytes::from(buf).slice(head_len..), 0))
     }
 }
