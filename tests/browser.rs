@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use spindle_tests::{workspace_dir, Server};
+use spindle_tests::{pcm16_mono_wav, workspace_dir, Server};
 
 const TITLE: &str = "Zephyr Lantern Overture";
 
@@ -49,28 +49,16 @@ fn find_chromium() -> Option<PathBuf> {
 fn tone_wav(seconds: u32) -> Vec<u8> {
     let rate = 44_100u32;
     let frames = seconds * rate;
-    let mut out = Vec::with_capacity(44 + frames as usize * 2);
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + frames * 2).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate * 2).to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&(frames * 2).to_le_bytes());
     let mut phase = 0f64;
-    for i in 0..frames {
-        let progress = f64::from(i) / f64::from(frames);
-        let freq = 330.0 + 330.0 * progress;
-        phase += freq / f64::from(rate) * std::f64::consts::TAU;
-        let v = phase.sin() * 0.25 * f64::from(i16::MAX);
-        out.extend_from_slice(&(v as i16).to_le_bytes());
-    }
-    out
+    let samples: Vec<i16> = (0..frames)
+        .map(|i| {
+            let progress = f64::from(i) / f64::from(frames);
+            let freq = 330.0 + 330.0 * progress;
+            phase += freq / f64::from(rate) * std::f64::consts::TAU;
+            (phase.sin() * 0.25 * f64::from(i16::MAX)) as i16
+        })
+        .collect();
+    pcm16_mono_wav(rate, &samples)
 }
 
 /// Headless Chromium with a fresh profile, killed on drop.

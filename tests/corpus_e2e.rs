@@ -291,12 +291,7 @@ fn search_ids(server: &Server, q: &str) -> Vec<String> {
         "search {q:?}: {}",
         String::from_utf8_lossy(&r.body)
     );
-    r.json()["tracks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["id"].as_str().unwrap().to_owned())
-        .collect()
+    r.track_ids()
 }
 
 /// Streams per track id in `GET /v1/charts/top?window=all`.

@@ -342,6 +342,17 @@ impl HttpResponse {
         })
     }
 
+    /// The `id`s of the `tracks` array of a JSON body (a search answer), in
+    /// order.
+    pub fn track_ids(&self) -> Vec<String> {
+        self.json()["tracks"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no tracks in {:?}", String::from_utf8_lossy(&self.body)))
+            .iter()
+            .map(|h| h["id"].as_str().expect("a track id").to_owned())
+            .collect()
+    }
+
     /// `error.code` of a JSON error body.
     pub fn error_code(&self) -> String {
         self.json()["error"]["code"]
@@ -506,7 +517,19 @@ pub fn read_one_response(
 pub fn tone_wav(seconds: f64, freq_hz: f64) -> Vec<u8> {
     let rate = 8000u32;
     let frames = (seconds * f64::from(rate)) as u32;
-    let mut out = Vec::with_capacity(44 + frames as usize * 2);
+    let samples: Vec<i16> = (0..frames)
+        .map(|i| {
+            let t = f64::from(i) / f64::from(rate);
+            ((t * freq_hz * std::f64::consts::TAU).sin() * 0.3 * f64::from(i16::MAX)) as i16
+        })
+        .collect();
+    pcm16_mono_wav(rate, &samples)
+}
+
+/// A mono 16-bit PCM WAV file of `samples` at `rate` Hz.
+pub fn pcm16_mono_wav(rate: u32, samples: &[i16]) -> Vec<u8> {
+    let frames = u32::try_from(samples.len()).expect("a test WAV under 4 G samples");
+    let mut out = Vec::with_capacity(44 + samples.len() * 2);
     out.extend_from_slice(b"RIFF");
     out.extend_from_slice(&(36 + frames * 2).to_le_bytes());
     out.extend_from_slice(b"WAVEfmt ");
@@ -519,10 +542,8 @@ pub fn tone_wav(seconds: f64, freq_hz: f64) -> Vec<u8> {
     out.extend_from_slice(&16u16.to_le_bytes());
     out.extend_from_slice(b"data");
     out.extend_from_slice(&(frames * 2).to_le_bytes());
-    for i in 0..frames {
-        let t = f64::from(i) / f64::from(rate);
-        let v = (t * freq_hz * std::f64::consts::TAU).sin() * 0.3 * f64::from(i16::MAX);
-        out.extend_from_slice(&(v as i16).to_le_bytes());
+    for v in samples {
+        out.extend_from_slice(&v.to_le_bytes());
     }
     out
 }

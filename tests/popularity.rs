@@ -32,12 +32,7 @@ fn wait_ready(server: &Server, id: &str) -> serde_json::Value {
 fn ranked(server: &Server) -> Vec<String> {
     let r = server.request("GET", "/v1/search?q=twin+song", &[], b"");
     assert_eq!(r.status, 200);
-    r.json()["tracks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["id"].as_str().unwrap().to_owned())
-        .collect()
+    r.track_ids()
 }
 
 #[test]
