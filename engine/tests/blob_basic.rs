@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use spindle_engine::blob::{BlobConfig, BlobId, BlobStore, Error};
+use spindle_engine::blob::{BlobConfig, BlobId, BlobStore, ChunkId, Error};
 use spindle_engine::io::fault::{FaultKind, FaultStorage};
 use spindle_engine::io::uring::UringStorage;
 use spindle_engine::io::{open_storage, BackendChoice, Storage};
@@ -72,6 +72,14 @@ fn put_stat_read_and_ranges() {
         assert_eq!(r.id, BlobId::of(&data), "{name}");
         assert_eq!(r.size_bytes, 50_000);
         assert_eq!(r.chunks.len(), 13);
+        // Every chunk is named by its own hash; the first is hashed once
+        // for both its id and the blob's, which must not change either.
+        for (chunk, id) in data.chunks(4096).zip(&r.chunks) {
+            assert_eq!(*id, ChunkId::of(chunk), "{name}");
+        }
+        let one = store.put(&data[..4096]).unwrap();
+        assert_eq!(one.id.0, one.chunks[0].0, "{name}");
+        assert_eq!(one.id, BlobId::of(&data[..4096]), "{name}");
         let info = store.stat(&r.id).unwrap().unwrap();
         assert_eq!(info.size_bytes, 50_000);
         assert_eq!(info.chunk_count, 13);

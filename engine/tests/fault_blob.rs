@@ -210,6 +210,35 @@ fn a_fault_at_every_operation_loses_nothing_acknowledged() {
     assert!(failures > ops, "faults did not surface");
 }
 
+/// A streamed write whose chunk append hits a full disk cannot be finished
+/// afterwards, even once space is back: its writer no longer knows which of
+/// its bytes were stored, and a blob whose id (the hash of everything
+/// written) names fewer chunks must never be acknowledged.
+#[test]
+fn a_writer_stays_failed_after_a_failed_write() {
+    let fault = FaultStorage::new();
+    let store = BlobStore::open(Arc::new(fault.clone()), config()).unwrap();
+    let data = content(9, 5 * 1024);
+    let mut w = store.writer();
+    w.write(&data[..2048]).unwrap();
+    fault.set_space_limit(Some(0));
+    assert!(matches!(
+        w.write(&data[2048..3072]),
+        Err(Error::NoSpace { .. })
+    ));
+    fault.set_space_limit(None);
+    assert!(matches!(
+        w.write(&data[3072..]),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(w.finish(), Err(Error::InvalidInput(_))));
+    // The store itself is fine: the same bytes put again are acknowledged
+    // under their true id.
+    let r = store.put(&data).unwrap();
+    assert_eq!(r.id, BlobId::of(&data));
+    assert_eq!(store.read(&r.id, 1500, 2000).unwrap(), data[1500..3500]);
+}
+
 #[test]
 fn bit_flips_never_return_wrong_bytes_and_scrub_finds_them() {
     // Without the chunk cache every read checks the disk's bytes, so reads

@@ -368,6 +368,17 @@ impl Inner {
         e
     }
 
+    /// Whether enough has been appended since the last checkpoint to write
+    /// another: the configured interval, or four times the last checkpoint's
+    /// size, so checkpoint writes stay a small share of all writes.
+    pub(crate) fn checkpoint_due(&self, st: &State) -> bool {
+        st.appended_since_checkpoint
+            >= self
+                .config
+                .checkpoint_interval_bytes
+                .max(st.last_checkpoint_bytes.saturating_mul(4))
+    }
+
     /// Appends `parts` back to back as one record at the head, rolling to a
     /// new segment first if the record does not fit.
     pub(crate) fn append(&self, st: &mut State, parts: &[&[u8]]) -> Result<Pos, Error> {
@@ -1092,6 +1103,7 @@ impl BlobStore {
             chunks: Vec::new(),
             size_bytes: 0,
             pinned: Vec::new(),
+            failed: false,
         }
     }
 
@@ -1253,21 +1265,21 @@ impl BlobStore {
 
     pub(crate) fn maybe_checkpoint(&self) {
         let due = match self.inner.read_state() {
-            Ok(st) => {
-                st.appended_since_checkpoint
-                    >= self
-                        .inner
-                        .config
-                        .checkpoint_interval_bytes
-                        .max(st.last_checkpoint_bytes.saturating_mul(4))
-            }
+            Ok(st) => self.inner.checkpoint_due(&st),
             Err(_) => false,
         };
         if due {
-            if let Ok(_guard) = self.inner.maintenance.try_lock() {
-                if let Err(error) = self.checkpoint_locked() {
-                    tracing::warn!(%error, "automatic blob checkpoint failed");
-                }
+            self.checkpoint_if_free();
+        }
+    }
+
+    /// Checkpoints now unless other maintenance (a checkpoint, a compaction,
+    /// a scrub) is running; the checkpoint stays due, so a later write or
+    /// delete tries again.
+    fn checkpoint_if_free(&self) {
+        if let Ok(_guard) = self.inner.maintenance.try_lock() {
+            if let Err(error) = self.checkpoint_locked() {
+                tracing::warn!(%error, "automatic blob checkpoint failed");
             }
         }
     }
@@ -1339,6 +1351,10 @@ pub struct BlobWriter {
     chunks: Vec<ChunkId>,
     size_bytes: u64,
     pinned: Vec<ChunkId>,
+    /// Set by a failed write: the writer no longer knows which of its bytes
+    /// were stored, so every later call fails instead of finishing a blob
+    /// whose id does not match its chunks.
+    failed: bool,
 }
 
 impl std::fmt::Debug for BlobWriter {
@@ -1352,9 +1368,23 @@ impl std::fmt::Debug for BlobWriter {
 
 impl BlobWriter {
     /// Appends bytes to the blob; full chunks are stored as they complete.
-    pub fn write(&mut self, mut data: &[u8]) -> Result<(), Error> {
-        self.store.inner.check_writable()?;
-        self.hasher.update(data);
+    pub fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.check_not_failed()?;
+        let result = self.write_inner(data);
+        self.failed = result.is_err();
+        result
+    }
+
+    fn check_not_failed(&self) -> Result<(), Error> {
+        if self.failed {
+            return Err(Error::InvalidInput(
+                "blob writer used after a failed write".into(),
+            ));
+        }
+        self.store.inner.check_writable()
+    }
+
+    fn write_inner(&mut self, mut data: &[u8]) -> Result<(), Error> {
         self.size_bytes += data.len() as u64;
         while !data.is_empty() {
             if self.buf.is_empty() && data.len() >= self.chunk_size {
@@ -1386,20 +1416,22 @@ impl BlobWriter {
         self.size_bytes
     }
 
+    /// Hashes the next chunk into the blob's id and stores it (once).
     fn store_chunk_from(&mut self, data: &[u8]) -> Result<(), Error> {
         let inner = &self.store.inner;
-        let id = ChunkId::of(data);
-        {
-            let mut st = inner.write_state()?;
-            if st.chunks.contains_key(&id) {
-                st.pin(id);
-                drop(st);
-                self.pinned.push(id);
-                self.chunks.push(id);
-                bump(&inner.counters.chunks_deduplicated);
-                return Ok(());
-            }
-        }
+        // The blob's hasher is fed chunk by chunk. Before the first chunk it
+        // has seen nothing, so after it, it is exactly that chunk's hash:
+        // the first chunk (the whole of a blob up to one chunk long) is
+        // hashed once, not once for its id and again for the blob's.
+        self.hasher.update(data);
+        let id = if self.chunks.is_empty() {
+            ChunkId(*self.hasher.finalize().as_bytes())
+        } else {
+            ChunkId::of(data)
+        };
+        // Encoded before taking the lock even if the chunk turns out to be
+        // stored already: one CRC pass is cheaper than a second trip
+        // through a lock every writer contends for.
         let enc = encode_chunk(&id, data);
         let mut st = inner.write_state()?;
         if !st.chunks.contains_key(&id) {
@@ -1426,6 +1458,7 @@ impl BlobWriter {
 
     /// Stores the last chunk and the blob's state; returns once durable.
     pub fn finish(mut self) -> Result<BlobRef, Error> {
+        self.check_not_failed()?;
         if !self.buf.is_empty() {
             let buf = std::mem::take(&mut self.buf);
             self.store_chunk_from(&buf)?;
@@ -1434,15 +1467,19 @@ impl BlobWriter {
         let id = BlobId(*self.hasher.finalize().as_bytes());
         let chunk_size = self.chunk_size as u32;
         let now_ms = (inner.config.clock_ms)();
-        let (end, chunks) = {
-            let existing = inner.read_state()?.blobs.get(&id).copied();
+        let (end, chunks, checkpoint_due) = {
+            let mut st = inner.write_state()?;
             // Same content cut with another chunk size (the config changed):
             // keep the stored chunk list, so the blob has one definition.
-            let old_chunks = match existing {
-                Some(e) if e.chunk_size_bytes != chunk_size => Some(inner.manifest(&id, &e)?),
-                _ => None,
-            };
-            let mut st = inner.write_state()?;
+            // Rare, so its manifest read may take the lock a second time.
+            let mut old_chunks = None;
+            if let Some(e) = st.blobs.get(&id).copied() {
+                if e.chunk_size_bytes != chunk_size {
+                    drop(st);
+                    old_chunks = Some(inner.manifest(&id, &e)?);
+                    st = inner.write_state()?;
+                }
+            }
             let existing = st.blobs.get(&id).copied();
             let state = match existing {
                 Some(e) => BlobState {
@@ -1505,11 +1542,14 @@ impl BlobWriter {
                     offset: pos.offset + bytes.len() as u64,
                 },
                 state.chunks,
+                inner.checkpoint_due(&st),
             )
         };
         inner.wait_durable(end)?;
         bump(&inner.counters.puts);
-        self.store.maybe_checkpoint();
+        if checkpoint_due {
+            self.store.checkpoint_if_free();
+        }
         Ok(BlobRef {
             id,
             size_bytes: self.size_bytes,

@@ -31,6 +31,7 @@ use bytes::Bytes;
 pub mod fault;
 pub mod portable;
 pub mod uring;
+mod vectored;
 
 /// How [`Storage::open`] treats a file that does or does not exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +129,7 @@ pub trait StorageFile: Send + Sync + 'static {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
 
     /// Writes the buffers back to back starting at `offset`, as one operation
-    /// where the backend can (io_uring submits them as one batch).
+    /// where the backend can (both real backends use one `pwritev`).
     fn write_all_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
         let mut at = offset;
         for buf in bufs {

@@ -1,5 +1,6 @@
 //! The portable backend: positional I/O and `fdatasync` through std, which on
-//! Linux are `pread`, `pwrite` and `fdatasync` on plain file descriptors.
+//! Linux are `pread`, `pwrite` and `fdatasync` on plain file descriptors, and
+//! `pwritev` for a record's several buffers.
 //!
 //! Invariant: names are checked with [`check_name`] before any path is
 //! built, so no call reaches outside the store's directory.
@@ -10,6 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::vectored::write_all_vectored;
 use super::{check_name, BackendKind, OpenMode, Storage, StorageFile};
 
 /// A directory accessed with ordinary system calls.
@@ -116,6 +118,10 @@ impl StorageFile for PortableFile {
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.file.write_all_at(buf, offset)
+    }
+
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        write_all_vectored(&self.file, bufs, offset)
     }
 
     fn len(&self) -> io::Result<u64> {

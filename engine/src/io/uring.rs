@@ -1,15 +1,24 @@
-//! The io_uring backend: file reads, writes and `fdatasync` go through
-//! io_uring submission queues instead of one system call each.
+//! The io_uring backend: file reads go through io_uring submission queues;
+//! writes and `fdatasync` are plain system calls.
 //!
-//! Every thread that does I/O gets its own ring, created lazily on its first
-//! operation ([`RING_ENTRIES`] entries) and dropped when the thread exits, so
+//! Every thread that reads gets its own ring, created lazily on its first
+//! read ([`RING_ENTRIES`] entries) and dropped when the thread exits, so
 //! concurrent threads never contend on a ring and no lock is taken. Each
-//! operation is synchronous to its caller: it pushes its entries, submits
-//! them with one `io_uring_enter` and waits for all their completions before
-//! returning. [`StorageFile::write_all_vectored_at`] submits all its buffers
-//! in one submission, as one `IORING_OP_WRITEV` entry per run of up to 1024
-//! buffers, so a segment record's header, payload and trailer cost one
-//! system call and one vectored write in the kernel.
+//! read is synchronous to its caller: it pushes its entries, submits them
+//! with one `io_uring_enter` and waits for all their completions before
+//! returning. A read of page-cached bytes completes inside that call.
+//!
+//! Why writes do not use the ring: the engine's writes are synchronous and
+//! one at a time (each record is appended under the store's state lock, and
+//! group commit already shares one `fdatasync` among many writers), so
+//! there is never a batch to submit. And io_uring cannot complete them
+//! inline: a buffered write to ext4 and every fsync are handed to a kernel
+//! worker thread, which costs two context switches per operation. Measured
+//! with `cargo bench -p spindle-benches --bench blob -- blob_64_writers`
+//! (64 writers of durable puts): through the ring, 4 KiB puts ran at
+//! 9-18 k/s and 256 KiB puts at 3.6 k/s; as `pwritev` and `fdatasync`,
+//! 45 k/s and 5.5 k/s. Both backends share [`super::vectored`] for a
+//! record's header, payload and trailer in one `pwritev`.
 //!
 //! Directory operations (`open`, `rename`, `remove`, `list`, `sync_dir`) and
 //! the metadata calls `len` and `set_len` use ordinary std calls: they are
@@ -26,27 +35,28 @@
 //! - A thread that cannot create its ring (say, out of locked memory on an
 //!   old kernel) gets that error from each of its I/O calls; the probe in
 //!   [`UringStorage::open`] makes this unlikely but cannot rule it out.
-//! - Short reads and writes are resubmitted for the remainder; a read that
-//!   reaches the end of the file reports `UnexpectedEof`, a write that
-//!   makes no progress reports `WriteZero`.
+//! - Short reads are resubmitted for the remainder; a read that reaches the
+//!   end of the file reports `UnexpectedEof`.
 
 use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 
 use super::portable::{list_dir, sync_dir, PortableStorage};
+use super::vectored::write_all_vectored;
 use super::{BackendKind, OpenMode, Storage, StorageFile};
 
 /// Submission queue entries per thread-local ring; the kernel sizes the
 /// completion queue at twice this, so one batch always fits.
 pub const RING_ENTRIES: u32 = 64;
 
-/// The largest single read or write entry. Linux transfers at most
+/// The largest single read entry. Linux transfers at most
 /// 0x7fff_f000 bytes per call; larger buffers are split into several entries.
 const OP_BYTES_MAX: usize = 1 << 30;
 
@@ -83,13 +93,7 @@ fn probe_kernel() -> io::Result<()> {
     with_ring(|ring| {
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
-        for (code, name) in [
-            (opcode::Read::CODE, "read"),
-            (opcode::Write::CODE, "write"),
-            (opcode::Writev::CODE, "writev"),
-            (opcode::Fsync::CODE, "fsync"),
-            (opcode::Nop::CODE, "nop"),
-        ] {
+        for (code, name) in [(opcode::Read::CODE, "read"), (opcode::Nop::CODE, "nop")] {
             if !probe.is_supported(code) {
                 return Err(RingError::Op(io::Error::new(
                     io::ErrorKind::Unsupported,
@@ -239,14 +243,7 @@ fn run_batch(
     Ok(())
 }
 
-/// The direction of a transfer.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
-    Read,
-    Write,
-}
-
-/// One contiguous part of a transfer still to do.
+/// One contiguous part of a read still to do.
 #[derive(Clone, Copy)]
 struct Piece {
     addr: *mut u8,
@@ -256,34 +253,24 @@ struct Piece {
 
 impl Piece {
     /// The entry for this piece, tagged with `index`.
-    fn entry(&self, fd: RawFd, direction: Direction, index: usize) -> squeue::Entry {
+    fn entry(&self, fd: RawFd, index: usize) -> squeue::Entry {
         // Pieces come from split_into, which keeps them within u32.
-        let len = self.len as u32;
-        let entry = match direction {
-            Direction::Read => opcode::Read::new(types::Fd(fd), self.addr, len)
-                .offset(self.offset)
-                .build(),
-            Direction::Write => opcode::Write::new(types::Fd(fd), self.addr, len)
-                .offset(self.offset)
-                .build(),
-        };
-        entry.user_data(index as u64)
+        opcode::Read::new(types::Fd(fd), self.addr, self.len as u32)
+            .offset(self.offset)
+            .build()
+            .user_data(index as u64)
     }
 
     /// Applies a completion: `Ok(None)` when the piece is done, `Ok(Some)`
-    /// with the remainder after a short transfer.
-    fn complete(&self, direction: Direction, result: i32) -> io::Result<Option<Piece>> {
+    /// with the remainder after a short read.
+    fn complete(&self, result: i32) -> io::Result<Option<Piece>> {
         let done = match usize::try_from(result) {
             Err(_) => return Err(io::Error::from_raw_os_error(-result)),
             Ok(0) if self.len > 0 => {
-                return Err(match direction {
-                    Direction::Read => {
-                        io::Error::new(io::ErrorKind::UnexpectedEof, "failed to fill whole buffer")
-                    }
-                    Direction::Write => {
-                        io::Error::new(io::ErrorKind::WriteZero, "failed to write whole buffer")
-                    }
-                })
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "failed to fill whole buffer",
+                ))
             }
             Ok(done) => done.min(self.len),
         };
@@ -314,26 +301,20 @@ fn split_into(pieces: &mut Vec<Piece>, addr: *mut u8, len: usize, offset: u64) {
 }
 
 /// Transfers one buffer: the common case, without allocating.
-fn transfer_one(
-    fd: RawFd,
-    direction: Direction,
-    addr: *mut u8,
-    len: usize,
-    offset: u64,
-) -> io::Result<()> {
+fn transfer_one(fd: RawFd, addr: *mut u8, len: usize, offset: u64) -> io::Result<()> {
     if len == 0 {
         return Ok(());
     }
     if len > OP_BYTES_MAX {
         let mut pieces = Vec::new();
         split_into(&mut pieces, addr, len, offset);
-        return transfer(fd, direction, pieces);
+        return transfer(fd, pieces);
     }
     let mut piece = Piece { addr, len, offset };
     with_ring(|ring| loop {
         let mut result = [0i32];
-        run_batch(ring, &[piece.entry(fd, direction, 0)], &mut result)?;
-        match piece.complete(direction, result[0])? {
+        run_batch(ring, &[piece.entry(fd, 0)], &mut result)?;
+        match piece.complete(result[0])? {
             None => return Ok(()),
             Some(rest) => piece = rest,
         }
@@ -344,7 +325,7 @@ fn transfer_one(
 /// entries per submission and resubmitting the remainder of short
 /// transfers. The first error is reported once every submitted entry of
 /// its batch has completed.
-fn transfer(fd: RawFd, direction: Direction, mut pending: Vec<Piece>) -> io::Result<()> {
+fn transfer(fd: RawFd, mut pending: Vec<Piece>) -> io::Result<()> {
     with_ring(|ring| {
         let mut entries = Vec::with_capacity(pending.len().min(RING_ENTRIES as usize));
         let mut results = Vec::with_capacity(entries.capacity());
@@ -357,152 +338,17 @@ fn transfer(fd: RawFd, direction: Direction, mut pending: Vec<Piece>) -> io::Res
                     batch
                         .iter()
                         .enumerate()
-                        .map(|(i, piece)| piece.entry(fd, direction, i)),
+                        .map(|(i, piece)| piece.entry(fd, i)),
                 );
                 results.clear();
                 results.resize(entries.len(), 0);
                 run_batch(ring, &entries, &mut results)?;
                 for (piece, &result) in batch.iter().zip(&results) {
-                    match piece.complete(direction, result) {
+                    match piece.complete(result) {
                         Ok(None) => {}
                         Ok(Some(remainder)) => rest.push(remainder),
                         Err(error) => {
                             first_error.get_or_insert(error);
-                        }
-                    }
-                }
-                if first_error.is_some() {
-                    break;
-                }
-            }
-            if let Some(error) = first_error {
-                return Err(RingError::Op(error));
-            }
-            std::mem::swap(&mut pending, &mut rest);
-            rest.clear();
-        }
-        Ok(())
-    })
-}
-
-/// The most buffers one `IORING_OP_WRITEV` entry takes (Linux's `UIO_MAXIOV`).
-const IOVECS_PER_ENTRY_MAX: usize = 1024;
-
-/// A run of consecutive iovecs that one `IORING_OP_WRITEV` entry writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Run {
-    first: usize,
-    count: usize,
-    offset: u64,
-    len: usize,
-}
-
-/// Lays `bufs` out as iovecs in runs of at most [`IOVECS_PER_ENTRY_MAX`]
-/// buffers and [`OP_BYTES_MAX`] bytes, back to back from `offset`.
-fn plan_runs(bufs: &[&[u8]], offset: u64) -> (Vec<libc::iovec>, Vec<Run>) {
-    let mut iovecs = Vec::with_capacity(bufs.len());
-    let mut runs = Vec::new();
-    let mut run = Run {
-        first: 0,
-        count: 0,
-        offset,
-        len: 0,
-    };
-    let mut at = offset;
-    for buf in bufs {
-        let mut done = 0usize;
-        while done < buf.len() {
-            if run.count == IOVECS_PER_ENTRY_MAX || run.len == OP_BYTES_MAX {
-                runs.push(run);
-                run = Run {
-                    first: iovecs.len(),
-                    count: 0,
-                    offset: at,
-                    len: 0,
-                };
-            }
-            let part = (buf.len() - done).min(OP_BYTES_MAX - run.len);
-            iovecs.push(libc::iovec {
-                // The kernel only reads through it (IORING_OP_WRITEV).
-                iov_base: buf.as_ptr().wrapping_add(done).cast_mut().cast(),
-                iov_len: part,
-            });
-            run.count += 1;
-            run.len += part;
-            done += part;
-            at += part as u64;
-        }
-    }
-    if run.count > 0 {
-        runs.push(run);
-    }
-    (iovecs, runs)
-}
-
-/// Moves `run` past the first `written` bytes after a short write.
-fn advance_run(run: &mut Run, iovecs: &mut [libc::iovec], written: usize) {
-    assert!(written < run.len);
-    run.offset += written as u64;
-    run.len -= written;
-    let mut skip = written;
-    while skip > 0 {
-        let iov = &mut iovecs[run.first];
-        if skip >= iov.iov_len {
-            skip -= iov.iov_len;
-            run.first += 1;
-            run.count -= 1;
-        } else {
-            iov.iov_base = iov.iov_base.cast::<u8>().wrapping_add(skip).cast();
-            iov.iov_len -= skip;
-            skip = 0;
-        }
-    }
-}
-
-/// Writes `bufs` back to back from `offset` with one `IORING_OP_WRITEV`
-/// entry per run of buffers (usually one), every run in one submission:
-/// the kernel does one vectored write, as `pwritev` would, instead of
-/// several writes racing for the file's lock. Short writes are resubmitted
-/// from where they stopped.
-fn write_vectored(fd: RawFd, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
-    let (mut iovecs, mut pending) = plan_runs(bufs, offset);
-    with_ring(|ring| {
-        let mut entries = Vec::with_capacity(pending.len().min(RING_ENTRIES as usize));
-        let mut results = Vec::with_capacity(entries.capacity());
-        let mut rest = Vec::new();
-        while !pending.is_empty() {
-            let mut first_error: Option<io::Error> = None;
-            for batch in pending.chunks(RING_ENTRIES as usize) {
-                entries.clear();
-                entries.extend(batch.iter().enumerate().map(|(i, run)| {
-                    // plan_runs keeps `count` within IOVECS_PER_ENTRY_MAX.
-                    let iov = iovecs[run.first..].as_ptr();
-                    opcode::Writev::new(types::Fd(fd), iov, run.count as u32)
-                        .offset(run.offset)
-                        .build()
-                        .user_data(i as u64)
-                }));
-                results.clear();
-                results.resize(entries.len(), 0);
-                // The iovecs and the buffers they point to stay put until
-                // run_batch has seen every entry complete.
-                run_batch(ring, &entries, &mut results)?;
-                for (run, &result) in batch.iter().zip(&results) {
-                    match usize::try_from(result) {
-                        Err(_) => {
-                            first_error.get_or_insert(io::Error::from_raw_os_error(-result));
-                        }
-                        Ok(0) => {
-                            first_error.get_or_insert(io::Error::new(
-                                io::ErrorKind::WriteZero,
-                                "failed to write whole buffer",
-                            ));
-                        }
-                        Ok(written) if written >= run.len => {}
-                        Ok(written) => {
-                            let mut remainder = *run;
-                            advance_run(&mut remainder, &mut iovecs, written);
-                            rest.push(remainder);
                         }
                     }
                 }
@@ -548,7 +394,7 @@ impl Storage for UringStorage {
     }
 }
 
-/// One file read and written through io_uring.
+/// One file read through io_uring.
 pub struct UringFile {
     file: File,
 }
@@ -556,28 +402,16 @@ pub struct UringFile {
 impl StorageFile for UringFile {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let fd = self.file.as_raw_fd();
-        transfer_one(fd, Direction::Read, buf.as_mut_ptr(), buf.len(), offset)
+        transfer_one(fd, buf.as_mut_ptr(), buf.len(), offset)
     }
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        // The kernel only reads through this pointer (IORING_OP_WRITE); it
-        // is `*mut` because pieces serve reads too.
-        let addr = buf.as_ptr().cast_mut();
-        transfer_one(
-            self.file.as_raw_fd(),
-            Direction::Write,
-            addr,
-            buf.len(),
-            offset,
-        )
+        // Not through the ring: see the module doc.
+        self.file.write_all_at(buf, offset)
     }
 
     fn write_all_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
-        match bufs {
-            [] => Ok(()),
-            [one] => self.write_all_at(one, offset),
-            _ => write_vectored(self.file.as_raw_fd(), bufs, offset),
-        }
+        write_all_vectored(&self.file, bufs, offset)
     }
 
     fn len(&self) -> io::Result<u64> {
@@ -589,18 +423,8 @@ impl StorageFile for UringFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        let fd = self.file.as_raw_fd();
-        with_ring(|ring| {
-            let entry = opcode::Fsync::new(types::Fd(fd))
-                .flags(types::FsyncFlags::DATASYNC)
-                .build();
-            let mut result = [0i32];
-            run_batch(ring, &[entry], &mut result)?;
-            if result[0] < 0 {
-                return Err(RingError::Op(io::Error::from_raw_os_error(-result[0])));
-            }
-            Ok(())
-        })
+        // Not through the ring: see the module doc.
+        self.file.sync_data()
     }
 }
 
@@ -625,7 +449,7 @@ mod tests {
             return;
         }
         let mut buf = [0u8; 8];
-        let bad = transfer_one(-1, Direction::Read, buf.as_mut_ptr(), buf.len(), 0);
+        let bad = transfer_one(-1, buf.as_mut_ptr(), buf.len(), 0);
         assert_eq!(bad.unwrap_err().raw_os_error(), Some(libc::EBADF));
 
         // One bad entry in a batch fails alone; the others complete.
@@ -637,7 +461,7 @@ mod tests {
                     len: buf.len(),
                     offset: 0,
                 }
-                .entry(-1, Direction::Read, 1),
+                .entry(-1, 1),
                 opcode::Nop::new().build().user_data(2),
             ];
             let mut results = [1i32; 3];
@@ -683,68 +507,11 @@ mod tests {
             })
             .collect();
         let reader = File::open(dir.path().join("f")).unwrap();
-        transfer(reader.as_raw_fd(), Direction::Read, pieces).unwrap();
+        transfer(reader.as_raw_fd(), pieces).unwrap();
         for (buf, &offset) in bufs.iter().zip(&offsets) {
             let start = offset as usize;
             assert_eq!(&buf[..], &data[start..start + buf.len()]);
         }
-    }
-
-    #[test]
-    fn runs_cap_buffers_and_bytes_and_advance_over_short_writes() {
-        let small = [7u8; 10];
-        let bufs: Vec<&[u8]> = (0..IOVECS_PER_ENTRY_MAX + 3).map(|_| &small[..]).collect();
-        let (iovecs, runs) = plan_runs(&bufs, 100);
-        assert_eq!(iovecs.len(), bufs.len());
-        let max = IOVECS_PER_ENTRY_MAX;
-        assert_eq!(
-            runs,
-            [
-                Run {
-                    first: 0,
-                    count: max,
-                    offset: 100,
-                    len: 10 * max
-                },
-                Run {
-                    first: max,
-                    count: 3,
-                    offset: 100 + 10 * max as u64,
-                    len: 30
-                },
-            ]
-        );
-        let empty: [&[u8]; 2] = [&[], &[]];
-        assert_eq!(plan_runs(&empty, 0).1, []);
-
-        // Three buffers; a short write of 13 bytes ends inside the second.
-        let (a, b, c) = ([1u8; 10], [2u8; 10], [3u8; 10]);
-        let (mut iovecs, runs) = plan_runs(&[&a, &b, &c], 0);
-        let mut run = runs[0];
-        advance_run(&mut run, &mut iovecs, 13);
-        assert_eq!(
-            run,
-            Run {
-                first: 1,
-                count: 2,
-                offset: 13,
-                len: 17
-            }
-        );
-        assert_eq!(iovecs[1].iov_len, 7);
-        assert_eq!(iovecs[1].iov_base as usize, b.as_ptr() as usize + 3);
-        // Then exactly to the end of the second.
-        advance_run(&mut run, &mut iovecs, 7);
-        assert_eq!(
-            run,
-            Run {
-                first: 2,
-                count: 1,
-                offset: 20,
-                len: 10
-            }
-        );
-        assert_eq!(iovecs[2].iov_base as usize, c.as_ptr() as usize);
     }
 
     #[test]
