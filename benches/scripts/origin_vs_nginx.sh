@@ -8,7 +8,11 @@
 # current-thread runtime, nginx with one worker), wrk on core 0 with one
 # thread and 32 connections. Servers alternate run by run, ROUNDS rounds;
 # it prints req/s, throughput and p99 latency of both (medians) and the
-# ratios spindle/nginx. Everything it starts is stopped on exit.
+# ratios spindle/nginx, then each server's CPU time per request (its core's
+# busy time, interrupts included, over requests served) and how busy wrk's
+# core was: where wrk's core is saturated, req/s measure wrk rather than the
+# server, and the time per request is the comparison left. Everything it
+# starts is stopped on exit.
 #
 # Environment: DURATION (wrk seconds, default 10), ROUNDS (default 3),
 # RANGE_START_BYTES (first byte of every range, default 100000: not chunk
@@ -137,16 +141,27 @@ done
 echo "spindle: $BLOB_URL" >&2
 echo "nginx:   $NGINX_URL" >&2
 
-# One wrk run: prints "req_per_s bytes_per_s p99_ms".
+# Busy and total jiffies of cores 0 and 1: "busy0 total0 busy1 total1".
+core_jiffies() {
+    awk '$1 == "cpu0" || $1 == "cpu1" { t = 0; for (i = 2; i <= NF; i++) t += $i
+        printf "%d %d ", t - $5 - $6, t } END { print "" }' /proc/stat
+}
+
+# One wrk run: prints "req_per_s bytes_per_s p99_ms server_busy client_busy",
+# the last two the fraction of the run that core 1 (the server's) and core 0
+# (wrk's) were busy, interrupts included: a client core near 1.0 means the
+# run measured wrk, not the server.
 run_wrk() {
-    local url=$1 range=$2 out
+    local url=$1 range=$2 out before after
+    before=$(core_jiffies)
     out=$(taskset -c 0 wrk -t1 -c32 -d"${DURATION}s" --latency -H "Range: $range" "$url")
+    after=$(core_jiffies)
     if grep -q "Non-2xx" <<<"$out"; then
         echo "wrk saw non-2xx responses from $url:" >&2
         echo "$out" >&2
         exit 1
     fi
-    awk '
+    awk -v before="$before" -v after="$after" '
         function bytes(v,  n, u) { n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
             if (u == "KB") n *= 1024; else if (u == "MB") n *= 1048576; else if (u == "GB") n *= 1073741824
             return n }
@@ -156,7 +171,9 @@ run_wrk() {
         /^Requests\/sec:/ { rps = $2 }
         /^Transfer\/sec:/ { tput = bytes($2) }
         $1 == "99%" { p99 = ms($2) }
-        END { printf "%s %.0f %.3f\n", rps, tput, p99 }
+        END { split(before, b, " "); split(after, a, " ")
+            printf "%s %.0f %.3f %.3f %.3f\n", rps, tput, p99,
+                (a[3] - b[3]) / (a[4] - b[4]), (a[1] - b[1]) / (a[2] - b[2]) }
     ' <<<"$out"
 }
 
@@ -176,10 +193,11 @@ for i in "${!SIZES[@]}"; do
         if [ $((round % 2)) -eq 1 ]; then order="spindle nginx"; else order="nginx spindle"; fi
         for server in $order; do
             if [ "$server" = spindle ]; then url=$BLOB_URL; else url=$NGINX_URL; fi
-            read -r rps tput p99 < <(run_wrk "$url" "$range")
-            echo "$size $server $round $rps $tput $p99" >>"$RESULTS"
-            printf '%-7s %-8s round %d: %10.0f req/s %9.1f MB/s p99 %8.3f ms\n' \
-                "${NAMES[$i]}" "$server" "$round" "$rps" "$(awk "BEGIN{print $tput/1e6}")" "$p99" >&2
+            read -r rps tput p99 srv cli < <(run_wrk "$url" "$range")
+            echo "$size $server $round $rps $tput $p99 $srv $cli" >>"$RESULTS"
+            printf '%-7s %-8s round %d: %10.0f req/s %9.1f MB/s p99 %8.3f ms, server core %3.0f%%, wrk core %3.0f%%\n' \
+                "${NAMES[$i]}" "$server" "$round" "$rps" "$(awk "BEGIN{print $tput/1e6}")" "$p99" \
+                "$(awk "BEGIN{print $srv*100}")" "$(awk "BEGIN{print $cli*100}")" >&2
         done
     done
 done
@@ -197,4 +215,15 @@ for i in "${!SIZES[@]}"; do
     awk -v name="${NAMES[$i]}" -v sr="$s_rps" -v nr="$n_rps" -v st="$s_tp" -v nt="$n_tp" -v sp="$s_p99" -v np="$n_p99" 'BEGIN {
         printf "%-7s | %12.0f %12.0f %6.2fx | %10.1f %10.1f | %8.3fms %8.3fms %6.2fx\n",
             name, sr, nr, sr / nr, st / 1e6, nt / 1e6, sp, np, (np > 0 ? sp / np : 0) }'
+done
+echo
+echo "server cost: core-1 time per request (busy fraction / req/s), medians of the per-run figures"
+printf '%-7s | %12s %12s %7s | %13s\n' range "spindle us" "nginx us" ratio "wrk core busy"
+for i in "${!SIZES[@]}"; do
+    size=${SIZES[$i]}
+    cost() { awk -v s="$size" -v srv="$1" '$1 == s && $2 == srv { print $7 * 1e6 / $4 }' "$RESULTS" | median; }
+    busy() { awk -v s="$size" -v srv="$1" '$1 == s && $2 == srv { print $8 * 100 }' "$RESULTS" | median; }
+    awk -v name="${NAMES[$i]}" -v sc="$(cost spindle)" -v nc="$(cost nginx)" -v sb="$(busy spindle)" -v nb="$(busy nginx)" 'BEGIN {
+        note = (sb >= 97 && nb >= 97) ? "  (wrk saturated: req/s measure the client here)" : ""
+        printf "%-7s | %12.2f %12.2f %6.2fx | %5.0f%% %5.0f%%%s\n", name, sc, nc, sc / nc, sb, nb, note }'
 done
