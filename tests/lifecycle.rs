@@ -224,6 +224,10 @@ fn metrics_are_prometheus_text_with_the_promised_series() {
         "spindle_queue_dead 0",
         "spindle_queue_oldest_waiting_age_seconds 0",
         "spindle_meta_head_lsn ",
+        "# TYPE spindle_meta_feed_lag_lsns gauge",
+        "spindle_meta_feed_lag_lsns{consumer=\"cache-invalidator\"} ",
+        "spindle_meta_feed_lag_lsns{consumer=\"charts\"} ",
+        "spindle_meta_feed_lag_lsns{consumer=\"search-indexer\"} ",
         "spindle_blob_blobs 0",
         "spindle_connections_open ",
     ] {

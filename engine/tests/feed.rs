@@ -237,3 +237,44 @@ fn lag_reports_lsns_behind_and_age() {
     c.poll(10, Duration::ZERO).unwrap();
     assert_eq!(c.lag(), Default::default());
 }
+
+/// `feed_positions` lists every open consumer with its own position (not its
+/// checkpoint), moves as it polls and resets, and forgets a dropped one.
+#[test]
+fn feed_positions_follow_open_consumers() {
+    let clock = Arc::new(ManualClock::new(1000));
+    let store = open(Arc::new(FaultStorage::new()), &clock, MetaConfig::default());
+    assert!(store.feed_positions().is_empty());
+    let mut search = store.feed("search").unwrap();
+    let lsns = commit_n(&store, 0, 10);
+    let mut cache = store.feed("cache").unwrap();
+    let positions = |store: &MetaStore| -> Vec<(String, u64)> {
+        store
+            .feed_positions()
+            .into_iter()
+            .map(|f| (f.consumer, f.position))
+            .collect()
+    };
+    assert_eq!(
+        positions(&store),
+        [("cache".to_owned(), 0), ("search".to_owned(), 0)]
+    );
+    let got = search.poll(4, Duration::from_millis(0)).unwrap();
+    assert_eq!(got.len(), 4);
+    assert_eq!(
+        positions(&store),
+        [("cache".to_owned(), 0), ("search".to_owned(), lsns[3])]
+    );
+    // Past the commits and the batch that registered `cache`.
+    let head = store.head_lsn();
+    assert!(head > lsns[9]);
+    cache.reset_to(head).unwrap();
+    // Checkpointing commits a batch of its own; the position stays.
+    search.checkpoint(search.position()).unwrap();
+    assert_eq!(
+        positions(&store),
+        [("cache".to_owned(), head), ("search".to_owned(), lsns[3])]
+    );
+    drop(search);
+    assert_eq!(positions(&store), [("cache".to_owned(), head)]);
+}

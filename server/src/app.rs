@@ -642,6 +642,19 @@ impl App {
         for (name, help, value) in gauges {
             metrics::gauge(&mut out, name, help, value);
         }
+        let feed_lag: Vec<(String, f64)> = self
+            .meta
+            .feed_positions()
+            .into_iter()
+            .map(|f| (f.consumer, m.head_lsn.saturating_sub(f.position) as f64))
+            .collect();
+        metrics::labelled_gauges(
+            &mut out,
+            "spindle_meta_feed_lag_lsns",
+            "Committed batches an open change-feed consumer has not consumed (head LSN - its position).",
+            "consumer",
+            &feed_lag,
+        );
         let w = self.workers.stats();
         let pool: [(&str, &str, f64); 3] = [
             (

@@ -266,9 +266,59 @@ pub fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
     );
 }
 
+/// Appends one gauge family with one sample per `(label value, value)`,
+/// labelled `label`; nothing when there are no samples.
+pub fn labelled_gauges(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: &[(String, f64)],
+) {
+    if samples.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (label_value, value) in samples {
+        let _ = writeln!(
+            out,
+            "{name}{{{label}=\"{}\"}} {value}",
+            escape_label(label_value)
+        );
+    }
+}
+
+/// A label value as the text format wants it: backslash, double quote and
+/// newline escaped.
+fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labelled_gauges_escape_their_label_values() {
+        let mut out = String::new();
+        labelled_gauges(&mut out, "g", "A gauge.", "consumer", &[]);
+        assert_eq!(out, "");
+        let samples = [("plain".to_owned(), 3.0), ("a\"b\\c\nd".to_owned(), 0.5)];
+        labelled_gauges(&mut out, "g", "A gauge.", "consumer", &samples);
+        assert_eq!(
+            out,
+            "# HELP g A gauge.\n# TYPE g gauge\ng{consumer=\"plain\"} 3\ng{consumer=\"a\\\"b\\\\c\\nd\"} 0.5\n"
+        );
+    }
 
     #[test]
     fn records_render_as_prometheus_text() {

@@ -21,7 +21,7 @@
 //! applying is idempotent keyed by LSN, for instance storing the applied LSN
 //! in the same transaction as the effect and skipping changes at or below it.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,8 @@ pub struct FeedConsumer {
     store: MetaStore,
     name: String,
     position: u64,
+    /// `position` as [`MetaStore::feed_positions`] reports it.
+    published: Arc<AtomicU64>,
     cursor: Option<Cursor>,
 }
 
@@ -136,10 +138,13 @@ impl FeedConsumer {
                 0
             }
         };
+        let published = Arc::new(AtomicU64::new(position));
+        store.register_feed_position(name, &published);
         Ok(FeedConsumer {
             store,
             name: name.to_owned(),
             position,
+            published,
             cursor: None,
         })
     }
@@ -236,6 +241,7 @@ impl FeedConsumer {
                         cur.next_lsn += 1;
                         if rec.lsn > self.position {
                             self.position = rec.lsn;
+                            self.published.store(rec.lsn, Ordering::Relaxed);
                             if let Some(change) = to_change(rec) {
                                 out.push(change);
                             }
@@ -288,6 +294,7 @@ impl FeedConsumer {
             });
         }
         self.position = lsn;
+        self.published.store(lsn, Ordering::Relaxed);
         self.cursor = None;
         Ok(())
     }

@@ -397,6 +397,18 @@ pub(crate) struct Inner {
     snapshot_lsn: AtomicU64,
     snapshot_lock: Mutex<()>,
     counters: Counters,
+    /// The positions of this process's open feed consumers, for
+    /// [`MetaStore::feed_positions`]; a dropped consumer's entry goes at the
+    /// next listing.
+    pub(crate) feed_positions: Mutex<Vec<(String, std::sync::Weak<AtomicU64>)>>,
+}
+
+/// Where one open change-feed consumer stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedPosition {
+    pub consumer: String,
+    /// The LSN of the last change it consumed.
+    pub position: u64,
 }
 
 /// The metadata store. Cheap to clone; all methods block.
@@ -789,6 +801,7 @@ impl MetaStore {
             snapshot_lsn: AtomicU64::new(snap_lsn),
             snapshot_lock: Mutex::new(()),
             counters: Counters::default(),
+            feed_positions: Mutex::new(Vec::new()),
         };
         let store = MetaStore {
             inner: Arc::new(inner),
@@ -1307,6 +1320,30 @@ impl MetaStore {
     /// compaction keeps its history).
     pub fn feed(&self, consumer: &str) -> Result<FeedConsumer, Error> {
         FeedConsumer::open(self.clone(), consumer)
+    }
+
+    /// The open feed consumers of this process and their positions, by
+    /// name (the head LSN minus a position is how far that consumer is
+    /// behind). Positions are the consumers' own, not their checkpoints,
+    /// which may be written more rarely.
+    pub fn feed_positions(&self) -> Vec<FeedPosition> {
+        let mut registered = lock(&self.inner.feed_positions);
+        registered.retain(|(_, p)| p.strong_count() > 0);
+        let mut out: Vec<FeedPosition> = registered
+            .iter()
+            .filter_map(|(name, p)| {
+                p.upgrade().map(|p| FeedPosition {
+                    consumer: name.clone(),
+                    position: p.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.consumer.cmp(&b.consumer));
+        out
+    }
+
+    pub(crate) fn register_feed_position(&self, consumer: &str, position: &Arc<AtomicU64>) {
+        lock(&self.inner.feed_positions).push((consumer.to_owned(), Arc::downgrade(position)));
     }
 
     /// Blocks until the head LSN exceeds `lsn` or `deadline` passes; returns
