@@ -238,43 +238,59 @@ fn lag_reports_lsns_behind_and_age() {
     assert_eq!(c.lag(), Default::default());
 }
 
-/// `feed_positions` lists every open consumer with its own position (not its
-/// checkpoint), moves as it polls and resets, and forgets a dropped one.
+/// `feed_positions` lists every consumer: an open one at its handle's own
+/// position (not its checkpoint), moving as it polls and resets, the least
+/// of several handles of one name; a closed one at its checkpoint, where it
+/// stays while the head moves on.
 #[test]
-fn feed_positions_follow_open_consumers() {
+fn feed_positions_follow_consumers() {
     let clock = Arc::new(ManualClock::new(1000));
     let store = open(Arc::new(FaultStorage::new()), &clock, MetaConfig::default());
     assert!(store.feed_positions().is_empty());
     let mut search = store.feed("search").unwrap();
     let lsns = commit_n(&store, 0, 10);
     let mut cache = store.feed("cache").unwrap();
-    let positions = |store: &MetaStore| -> Vec<(String, u64)> {
+    let positions = |store: &MetaStore| -> Vec<(String, u64, bool)> {
         store
             .feed_positions()
             .into_iter()
-            .map(|f| (f.consumer, f.position))
+            .map(|f| (f.consumer, f.position, f.open))
             .collect()
     };
+    let row = |name: &str, lsn: u64, open: bool| (name.to_owned(), lsn, open);
     assert_eq!(
         positions(&store),
-        [("cache".to_owned(), 0), ("search".to_owned(), 0)]
+        [row("cache", 0, true), row("search", 0, true)]
     );
     let got = search.poll(4, Duration::from_millis(0)).unwrap();
     assert_eq!(got.len(), 4);
     assert_eq!(
         positions(&store),
-        [("cache".to_owned(), 0), ("search".to_owned(), lsns[3])]
+        [row("cache", 0, true), row("search", lsns[3], true)]
     );
     // Past the commits and the batch that registered `cache`.
     let head = store.head_lsn();
     assert!(head > lsns[9]);
     cache.reset_to(head).unwrap();
+    // A second handle of `cache`, at its checkpoint (0): the least counts.
+    let second = store.feed("cache").unwrap();
+    assert_eq!(
+        positions(&store),
+        [row("cache", 0, true), row("search", lsns[3], true)]
+    );
+    drop(second);
     // Checkpointing commits a batch of its own; the position stays.
     search.checkpoint(search.position()).unwrap();
     assert_eq!(
         positions(&store),
-        [("cache".to_owned(), head), ("search".to_owned(), lsns[3])]
+        [row("cache", head, true), row("search", lsns[3], true)]
     );
+    // Closed: its checkpoint, while the head moves on.
     drop(search);
-    assert_eq!(positions(&store), [("cache".to_owned(), head)]);
+    commit_n(&store, 10, 3);
+    assert_eq!(
+        positions(&store),
+        [row("cache", head, true), row("search", lsns[3], false)]
+    );
+    assert!(store.head_lsn() > head);
 }

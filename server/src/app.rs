@@ -642,18 +642,31 @@ impl App {
         for (name, help, value) in gauges {
             metrics::gauge(&mut out, name, help, value);
         }
-        let feed_lag: Vec<(String, f64)> = self
-            .meta
-            .feed_positions()
-            .into_iter()
-            .map(|f| (f.consumer, m.head_lsn.saturating_sub(f.position) as f64))
+        let feeds = self.meta.feed_positions();
+        let feed_lag: Vec<(String, f64)> = feeds
+            .iter()
+            .map(|f| {
+                let behind = m.head_lsn.saturating_sub(f.position);
+                (f.consumer.clone(), behind as f64)
+            })
             .collect();
         metrics::labelled_gauges(
             &mut out,
             "spindle_meta_feed_lag_lsns",
-            "Committed batches an open change-feed consumer has not consumed (head LSN - its position).",
+            "Committed batches a change-feed consumer has not consumed (head LSN - its position; a closed consumer's checkpoint).",
             "consumer",
             &feed_lag,
+        );
+        let feed_open: Vec<(String, f64)> = feeds
+            .into_iter()
+            .map(|f| (f.consumer, f64::from(u8::from(f.open))))
+            .collect();
+        metrics::labelled_gauges(
+            &mut out,
+            "spindle_meta_feed_consumer_open",
+            "1 if the change-feed consumer is running in this process.",
+            "consumer",
+            &feed_open,
         );
         let w = self.workers.stats();
         let pool: [(&str, &str, f64); 3] = [

@@ -3,8 +3,10 @@
 //! A [`Storage`] is one directory of flat files (no subdirectories); a
 //! [`StorageFile`] is one open file in it. Three backends implement the pair:
 //!
-//! - [`portable::PortableStorage`]: `pread`/`pwrite`/`fdatasync` through std.
-//! - [`uring::UringStorage`]: the same operations submitted through io_uring.
+//! - [`portable::PortableStorage`]: `pread`/`pwrite`/`fdatasync` through std,
+//!   `pwritev` for several buffers.
+//! - [`uring::UringStorage`]: reads submitted through io_uring; writes and
+//!   `fdatasync` as the portable backend does them (see its module doc).
 //! - [`fault::FaultStorage`]: an in-memory disk for tests that keeps written
 //!   and synced data apart, loses unsynced data on a simulated crash, can tear
 //!   the last write and can fail the Nth operation with `EIO` or `ENOSPC`.

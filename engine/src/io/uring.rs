@@ -17,7 +17,7 @@
 //! with `cargo bench -p spindle-benches --bench blob -- blob_64_writers`
 //! (64 writers of durable puts): through the ring, 4 KiB puts ran at
 //! 9-18 k/s and 256 KiB puts at 3.6 k/s; as `pwritev` and `fdatasync`,
-//! 45 k/s and 5.5 k/s. Both backends share [`super::vectored`] for a
+//! 45 k/s and 5.3-5.8 k/s. Both backends share [`super::vectored`] for a
 //! record's header, payload and trailer in one `pwritev`.
 //!
 //! Directory operations (`open`, `rename`, `remove`, `list`, `sync_dir`) and
@@ -26,14 +26,14 @@
 //!
 //! Invariants:
 //! - No entry is ever left in flight when an operation returns or unwinds:
-//!   the kernel writes into (or reads from) the caller's buffer only while
+//!   the kernel writes into the caller's buffer only while
 //!   the call that borrowed it is still running. If waiting for completions
 //!   fails while entries are in flight, the process aborts rather than free
 //!   a buffer the kernel may still touch.
 //! - A ring whose state is uncertain (submission failed) is discarded, so
 //!   stale entries are never submitted later; the thread makes a new one.
 //! - A thread that cannot create its ring (say, out of locked memory on an
-//!   old kernel) gets that error from each of its I/O calls; the probe in
+//!   old kernel) gets that error from each of its reads; the probe in
 //!   [`UringStorage::open`] makes this unlikely but cannot rule it out.
 //! - Short reads are resubmitted for the remainder; a read that reaches the
 //!   end of the file reports `UnexpectedEof`.
@@ -68,15 +68,15 @@ thread_local! {
     static RING: RefCell<Option<IoUring>> = const { RefCell::new(None) };
 }
 
-/// A directory whose files are read and written through io_uring.
+/// A directory whose files are read through io_uring.
 pub struct UringStorage {
     dir: PortableStorage,
 }
 
 impl UringStorage {
     /// Opens `dir` (creating it if needed) after proving that the kernel lets
-    /// this process create a ring, run a NOP through it and use the read,
-    /// write and fsync operations. Returns `Err` when io_uring is refused
+    /// this process create a ring, run a NOP through it and use the read
+    /// operation. Returns `Err` when io_uring is refused
     /// (`ENOSYS`, `EPERM` under seccomp or `io_uring_disabled`, too old a
     /// kernel), so [`super::open_storage`] can fall back.
     pub fn open(dir: &Path) -> io::Result<Self> {

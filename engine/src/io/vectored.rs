@@ -12,6 +12,11 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
+// Offsets past 2 GiB must reach the kernel intact: `off_t` is 64 bits on
+// every target the engine builds for (no 32-bit target without large-file
+// support).
+const _: () = assert!(std::mem::size_of::<libc::off_t>() == 8);
+
 /// The most buffers one `pwritev` takes (Linux's `UIO_MAXIOV`).
 const IOVECS_PER_CALL_MAX: usize = 1024;
 

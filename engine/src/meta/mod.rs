@@ -403,12 +403,19 @@ pub(crate) struct Inner {
     pub(crate) feed_positions: Mutex<Vec<(String, std::sync::Weak<AtomicU64>)>>,
 }
 
-/// Where one open change-feed consumer stands.
+/// Where one change-feed consumer stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedPosition {
+    /// The consumer's name, as given to [`MetaStore::feed`].
     pub consumer: String,
-    /// The LSN of the last change it consumed.
+    /// The LSN of the last change it consumed: the position of its open
+    /// handle (the least, if several are open), else its persisted
+    /// checkpoint.
     pub position: u64,
+    /// Whether a handle of this consumer is open in this process. One that
+    /// is not (its thread died, or it runs elsewhere) stands still at its
+    /// checkpoint, so its lag grows with every commit.
+    pub open: bool,
 }
 
 /// The metadata store. Cheap to clone; all methods block.
@@ -1322,28 +1329,66 @@ impl MetaStore {
         FeedConsumer::open(self.clone(), consumer)
     }
 
-    /// The open feed consumers of this process and their positions, by
-    /// name (the head LSN minus a position is how far that consumer is
-    /// behind). Positions are the consumers' own, not their checkpoints,
-    /// which may be written more rarely.
+    /// Every change-feed consumer, by name, and where it stands (the head
+    /// LSN minus a position is how far that consumer is behind): every
+    /// consumer with a persisted checkpoint, and every handle open in this
+    /// process. An open consumer reports its handle's own position, which
+    /// moves with each poll (checkpoints may be written more rarely); with
+    /// several handles of one name open, the least.
     pub fn feed_positions(&self) -> Vec<FeedPosition> {
+        let mut by_name: BTreeMap<String, FeedPosition> = BTreeMap::new();
+        {
+            let state = read(&self.inner.state);
+            for (name, lsn) in state
+                .get(FEED_KEYSPACE)
+                .into_iter()
+                .flat_map(|ks| ks.iter())
+            {
+                let (Ok(name), Ok(lsn)) = (
+                    std::str::from_utf8(name.as_slice()),
+                    <[u8; 8]>::try_from(lsn.as_ref()),
+                ) else {
+                    continue;
+                };
+                by_name.insert(
+                    name.to_owned(),
+                    FeedPosition {
+                        consumer: name.to_owned(),
+                        position: u64::from_be_bytes(lsn),
+                        open: false,
+                    },
+                );
+            }
+        }
         let mut registered = lock(&self.inner.feed_positions);
         registered.retain(|(_, p)| p.strong_count() > 0);
-        let mut out: Vec<FeedPosition> = registered
-            .iter()
-            .filter_map(|(name, p)| {
-                p.upgrade().map(|p| FeedPosition {
-                    consumer: name.clone(),
-                    position: p.load(Ordering::Relaxed),
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| a.consumer.cmp(&b.consumer));
-        out
+        for (name, handle) in registered.iter() {
+            let Some(handle) = handle.upgrade() else {
+                continue;
+            };
+            let position = handle.load(Ordering::Relaxed);
+            let entry = by_name.entry(name.clone()).or_insert_with(|| FeedPosition {
+                consumer: name.clone(),
+                position,
+                open: true,
+            });
+            entry.position = if entry.open {
+                entry.position.min(position)
+            } else {
+                position
+            };
+            entry.open = true;
+        }
+        by_name.into_values().collect()
     }
 
+    /// Lists an open consumer's position for [`MetaStore::feed_positions`];
+    /// entries of dropped handles go first, so the list stays as long as the
+    /// number of open handles.
     pub(crate) fn register_feed_position(&self, consumer: &str, position: &Arc<AtomicU64>) {
-        lock(&self.inner.feed_positions).push((consumer.to_owned(), Arc::downgrade(position)));
+        let mut registered = lock(&self.inner.feed_positions);
+        registered.retain(|(_, p)| p.strong_count() > 0);
+        registered.push((consumer.to_owned(), Arc::downgrade(position)));
     }
 
     /// Blocks until the head LSN exceeds `lsn` or `deadline` passes; returns
