@@ -228,6 +228,7 @@ fn metrics_are_prometheus_text_with_the_promised_series() {
         "spindle_meta_feed_lag_lsns{consumer=\"cache-invalidator\"} ",
         "spindle_meta_feed_lag_lsns{consumer=\"charts\"} ",
         "spindle_meta_feed_lag_lsns{consumer=\"search-indexer\"} ",
+        "spindle_meta_feed_consumer_open{consumer=\"search-indexer\"} 1",
         "spindle_blob_blobs 0",
         "spindle_connections_open ",
     ] {
@@ -309,6 +310,33 @@ fn a_data_directory_serves_one_process_at_a_time() {
             && stderr.contains(&format!("pid {}", server.pid())),
         "{stderr}"
     );
+    // Once, on one line, not once per level of its cause chain.
+    assert_eq!(
+        stderr.matches("in use by another spindle process").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.lines().any(|l| l.starts_with("error: ")), "{stderr}");
+    // A server on a taken address stops before it makes a data directory.
+    let fresh = tempfile::tempdir().unwrap();
+    let fresh_dir = fresh.path().join("data");
+    let taken = server.addr.to_string();
+    let busy = Command::new(spindle_bin())
+        .args(["serve", "--listen", &taken, "--data-dir"])
+        .arg(&fresh_dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&busy.stderr);
+    assert!(
+        !busy.status.success(),
+        "served on a taken address: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("cannot listen on {taken}")),
+        "{stderr}"
+    );
+    assert!(!fresh_dir.exists(), "made {} anyway", fresh_dir.display());
     // So does a reindex, which would race the running indexer.
     let reindex = Command::new(spindle_bin())
         .args(["reindex", "--data-dir", &dir])

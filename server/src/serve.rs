@@ -143,6 +143,15 @@ pub async fn run(
         (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
         _ => None,
     };
+    // Bound before the data directory is opened, so a taken address fails
+    // at once and leaves no data directory or tokens behind. Connections
+    // made while the store opens wait in the backlog.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     let open_config = config.clone();
     let (app, new_tokens) = tokio::task::spawn_blocking(move || App::open(open_config))
         .await
@@ -150,12 +159,6 @@ pub async fn run(
     // A stale address file from an earlier run must not be mistaken for ours.
     let _ = std::fs::remove_file(&addr_path);
     let app = Arc::new(app);
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
     let local = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: config.listen,
         source,

@@ -3,7 +3,10 @@
 //! The stored media type of a blob comes from its first bytes when they carry
 //! a known signature (clients often send `application/octet-stream` or
 //! nothing), else from the upload's `Content-Type` when that is a plain
-//! `type/subtype`, else `application/octet-stream`.
+//! `type/subtype` that can describe a file, else `application/octet-stream`.
+//! `multipart/*` and `application/x-www-form-urlencoded` never do: the
+//! latter is what `curl --data-binary` sends when not told otherwise, so it
+//! says nothing about the bytes.
 //!
 //! **Invariant:** the result is always a valid header value of at most
 //! [`MEDIA_TYPE_LEN_MAX`] bytes of token characters and one `/`, so it can be
@@ -53,7 +56,7 @@ fn sniff_magic(h: &[u8]) -> Option<&'static str> {
 }
 
 /// `declared`'s `type/subtype`, lowercased, without parameters, if it is
-/// well-formed and not a multipart type.
+/// well-formed and names a kind of file (see the module doc).
 fn plain_media_type(declared: &str) -> Option<String> {
     let essence = declared.split(';').next()?.trim().to_ascii_lowercase();
     let (ty, sub) = essence.split_once('/')?;
@@ -62,7 +65,11 @@ fn plain_media_type(declared: &str) -> Option<String> {
             && s.bytes()
                 .all(|c| c.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&c))
     };
-    let ok = token(ty) && token(sub) && ty != "multipart" && essence.len() <= MEDIA_TYPE_LEN_MAX;
+    let ok = token(ty)
+        && token(sub)
+        && ty != "multipart"
+        && essence != "application/x-www-form-urlencoded"
+        && essence.len() <= MEDIA_TYPE_LEN_MAX;
     ok.then_some(essence)
 }
 
@@ -90,6 +97,12 @@ mod tests {
                 "application/octet-stream",
             ),
             (b"hello", Some("no slash"), "application/octet-stream"),
+            (
+                b"not audio",
+                Some("application/x-www-form-urlencoded"),
+                "application/octet-stream",
+            ),
+            (b"hello", Some("text/plain"), "text/plain"),
             (
                 b"hello",
                 Some("a/b\r\nX-Evil: 1"),

@@ -202,11 +202,39 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let env_layer = ConfigLayer::from_env(env)?;
     let config = ServeConfig::resolve(args.layer().over(env_layer.over(file)))?;
-    spindle_server::serve::run_blocking(config).context("spindle serve")?;
+    spindle_server::serve::run_blocking(config).context("cannot serve")?;
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+/// One line for an error and its causes, each cause once. Error types here
+/// often show their source in their own message as well, which would
+/// otherwise print the same sentence once per level.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if out.contains(&message) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&message);
+    }
+    out
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", one_line(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // tantivy logs every index commit at info, which would bury spindle's
         // own lines (where it listens, where the tokens are) for a newcomer.

@@ -455,6 +455,11 @@ fn upload_one(
         .header("Authorization", format!("Bearer {token}"))
         .header("Content-Type", BODY_MEDIA_TYPE)
         .header("Content-Length", size_bytes.to_string())
+        // The server answers a refused upload (bad token, too large) before
+        // reading the body and closes; without waiting for its go-ahead, a
+        // body larger than the socket buffers fails to send (EPIPE) and its
+        // answer is never read.
+        .header("Expect", "100-continue")
         .send(ureq::SendBody::from_reader(&mut body));
     // Whatever happened, this file's share of the overall bar is done.
     overall.set_position(sent_before + size_bytes);
