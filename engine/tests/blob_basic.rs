@@ -7,6 +7,7 @@
     reason = "test and bench helpers outside #[test] fns: a failed unwrap is a failed run"
 )]
 
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -56,6 +57,20 @@ fn content(seed: u64, len: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// XORs the byte at `at` of the file at `path` with `mask`, behind the
+/// store's back (rot on the disk, as far as the store can tell).
+fn flip_bits(path: &std::path::Path, at: u64, mask: u8) {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= mask;
+    f.write_all_at(&b, at).unwrap();
 }
 
 #[test]
@@ -373,7 +388,6 @@ fn failed_sync_poisons_until_reopen() {
 
 #[test]
 fn mapped_reads_match_and_detect_on_disk_corruption() {
-    use std::os::unix::fs::FileExt;
     let mut choices = vec![BackendChoice::Portable];
     let probe = tempfile::tempdir().unwrap();
     match UringStorage::open(probe.path()) {
@@ -413,16 +427,7 @@ fn mapped_reads_match_and_detect_on_disk_corruption() {
         // Rot one payload byte of the first chunk on disk, behind the
         // store's back: the mapped read sees it and refuses.
         let seg = dir.path().join("blob-0000000000000001.seg");
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .read(true)
-            .open(&seg)
-            .unwrap();
-        let at = 32 + 48 + 4 + 10;
-        let mut b = [0u8; 1];
-        f.read_exact_at(&mut b, at).unwrap();
-        b[0] ^= 0x20;
-        f.write_all_at(&b, at).unwrap();
+        flip_bits(&seg, 32 + 48 + 4 + 10, 0x20);
         assert!(matches!(
             store.read(&ids[0], 0, 100),
             Err(Error::Corruption {
@@ -437,7 +442,6 @@ fn mapped_reads_match_and_detect_on_disk_corruption() {
 #[test]
 fn hot_chunks_are_kept_verified_in_locked_pages_or_on_the_heap() {
     use spindle_engine::blob::mapped::mapped_source;
-    use std::os::unix::fs::FileExt;
     let config = BlobConfig {
         chunk_size_bytes: 16 * 1024,
         segment_size_bytes_max: 1 << 20,
@@ -485,17 +489,7 @@ fn hot_chunks_are_kept_verified_in_locked_pages_or_on_the_heap() {
 
         // Rot on disk under the kept chunk 0 and the unkept chunk 1.
         let seg = dir.path().join("blob-0000000000000001.seg");
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .read(true)
-            .open(&seg)
-            .unwrap();
-        let rot = |at: u64| {
-            let mut b = [0u8; 1];
-            f.read_exact_at(&mut b, at).unwrap();
-            b[0] ^= 0x08;
-            f.write_all_at(&b, at).unwrap();
-        };
+        let rot = |at: u64| flip_bits(&seg, at, 0x08);
         // Chunk records are 48 + 4 * 4 blocks of header and table, then
         // the payload; the blob's records follow its chunks.
         let record = 48 + 16 + 16 * 1024 + 4;
