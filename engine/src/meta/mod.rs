@@ -399,7 +399,7 @@ pub(crate) struct Inner {
     counters: Counters,
     /// The positions of this process's open feed consumers, for
     /// [`MetaStore::feed_positions`]; a dropped consumer's entry goes at the
-    /// next listing.
+    /// next listing or registration.
     pub(crate) feed_positions: Mutex<Vec<(String, std::sync::Weak<AtomicU64>)>>,
 }
 
@@ -1143,12 +1143,9 @@ impl MetaStore {
     /// The smallest persisted feed checkpoint, if any consumer exists.
     fn oldest_checkpoint(&self) -> Option<u64> {
         let state = read(&self.inner.state);
-        state.get(FEED_KEYSPACE).and_then(|ks| {
-            ks.values()
-                .filter_map(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-                .map(u64::from_be_bytes)
-                .min()
-        })
+        state
+            .get(FEED_KEYSPACE)
+            .and_then(|ks| ks.values().filter_map(|v| decode_checkpoint(v)).min())
     }
 
     /// The value of `key` in `keyspace`, if any.
@@ -1344,17 +1341,16 @@ impl MetaStore {
                 .into_iter()
                 .flat_map(|ks| ks.iter())
             {
-                let (Ok(name), Ok(lsn)) = (
-                    std::str::from_utf8(name.as_slice()),
-                    <[u8; 8]>::try_from(lsn.as_ref()),
-                ) else {
+                let (Ok(name), Some(position)) =
+                    (std::str::from_utf8(name.as_slice()), decode_checkpoint(lsn))
+                else {
                     continue;
                 };
                 by_name.insert(
                     name.to_owned(),
                     FeedPosition {
                         consumer: name.to_owned(),
-                        position: u64::from_be_bytes(lsn),
+                        position,
                         open: false,
                     },
                 );
@@ -1367,17 +1363,21 @@ impl MetaStore {
                 continue;
             };
             let position = handle.load(Ordering::Relaxed);
-            let entry = by_name.entry(name.clone()).or_insert_with(|| FeedPosition {
-                consumer: name.clone(),
-                position,
-                open: true,
-            });
-            entry.position = if entry.open {
-                entry.position.min(position)
-            } else {
-                position
-            };
-            entry.open = true;
+            match by_name.get_mut(name) {
+                Some(known) if known.open => known.position = known.position.min(position),
+                Some(known) => {
+                    known.position = position;
+                    known.open = true;
+                }
+                None => {
+                    let open = FeedPosition {
+                        consumer: name.clone(),
+                        position,
+                        open: true,
+                    };
+                    by_name.insert(name.clone(), open);
+                }
+            }
         }
         by_name.into_values().collect()
     }
@@ -1421,8 +1421,13 @@ impl MetaStore {
 
     pub(crate) fn checkpoint_of(&self, consumer: &str) -> Option<u64> {
         let v = self.get(FEED_KEYSPACE, consumer.as_bytes()).ok()??;
-        <[u8; 8]>::try_from(v.as_ref()).ok().map(u64::from_be_bytes)
+        decode_checkpoint(&v)
     }
+}
+
+/// A feed checkpoint's LSN as stored (u64 big-endian), if well-formed.
+fn decode_checkpoint(value: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(value).ok().map(u64::from_be_bytes)
 }
 
 fn create_segment(storage: &dyn Storage, base_lsn: u64) -> Result<Arc<Segment>, Error> {
