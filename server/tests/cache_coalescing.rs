@@ -71,6 +71,18 @@ async fn an_update_is_visible_within_the_ttl() {
     let server = start_server(dir.path()).await;
     let meta = server.app.meta.clone();
     put(&meta, &track(9, "Before", "Someone", "", "Pop"));
+    // The invalidator applies that put's change asynchronously; once it
+    // has, no late invalidation can evict the entry the reads below fill.
+    let head = meta.head_lsn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !meta
+        .feed_positions()
+        .iter()
+        .any(|f| f.consumer == spindle_server::cache::FEED_CONSUMER && f.open && f.position >= head)
+    {
+        assert!(Instant::now() < deadline, "the invalidator never caught up");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let path = format!("/v1/tracks/{}", track_id(9));
     let (status, v) = get_json(server.addr, &path).await;
     assert_eq!(status, 200);
